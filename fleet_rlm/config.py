@@ -1,0 +1,113 @@
+"""Settings, read from the environment under the names DESIGN.md gives.
+
+``Settings()`` reads them; ``Settings.check_safe()`` raises ``ConfigError``
+when a staging or production server would start with auth off or a default
+secret. Every process that runs product code (ingress replicas, session
+actors) builds its own ``Settings`` from the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleet_rlm.errors import ConfigError
+
+DEFAULT_JWT_SECRET = "fleet-rlm-local-dev-secret"
+
+# Set wherever the product runs: no network look-ups at import, no telemetry.
+OFFLINE_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def apply_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    app_env: Literal["local", "staging", "production"] = "local"
+    auth_required: bool = False
+    auth_jwt_secret: str = DEFAULT_JWT_SECRET
+
+    data_dir: Path = Path(".data")
+    database_url: str | None = None
+    database_required: bool = True
+
+    mlflow_enabled: bool = True
+    mlflow_tracking_uri: str = "http://127.0.0.1:5001"
+    mlflow_experiment: str = "fleet-rlm"
+    mlflow_auto_start: bool = True
+
+    posthog_enabled: bool = False
+    posthog_host: str = "https://eu.i.posthog.com"
+    posthog_api_key: str | None = None
+
+    sandbox_provider: Literal["local", "daytona"] = "local"
+    daytona_api_key: str | None = None
+    daytona_api_url: str | None = None
+    daytona_target: str | None = None
+
+    dspy_lm_model: str | None = None
+    dspy_delegate_lm_model: str | None = None
+    dspy_delegate_lm_small_model: str | None = None
+    dspy_lm_api_base: str | None = None
+    dspy_lm_api_key: str | None = None
+    # "scripted" replays a rules file (tests); otherwise configured or embedded.
+    dspy_lm_scripted_rules: Path | None = None
+    lm_timeout_s: float = 60.0
+    local_model_port: int = 20180
+    local_model_ctx: int = 8192
+    local_model_max_tokens: int = 512
+
+    session_idle_timeout_s: float = 600.0
+    session_event_buffer: int = 2000
+    message_max_bytes: int = 256 * 1024
+    document_max_bytes: int = 20 * 1024 * 1024
+    viewer_queue_frames: int = 1000
+    agent_max_iters: int = 5
+    cancel_grace_s: float = 2.0
+
+    ray_namespace: str = "fleet_rlm"
+    version_tag: str = Field(default="1", description="wire contract version")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fleet_rlm.sqlite3').resolve()}"
+
+    @property
+    def scripted(self) -> bool:
+        return self.dspy_lm_scripted_rules is not None
+
+    @property
+    def planner_configured(self) -> bool:
+        """True when some planner LM is available: configured, scripted or embedded."""
+        return True
+
+    def check_safe(self) -> None:
+        """Refuse unsafe settings outside ``APP_ENV=local``, naming the setting to change."""
+        if self.app_env == "local":
+            return
+        if not self.auth_required:
+            raise ConfigError(
+                f"APP_ENV={self.app_env} needs AUTH_REQUIRED=true; set it, or use APP_ENV=local"
+            )
+        if not self.auth_jwt_secret or self.auth_jwt_secret == DEFAULT_JWT_SECRET:
+            raise ConfigError(
+                f"APP_ENV={self.app_env} needs AUTH_JWT_SECRET set to a secret of your own"
+                " (at least 32 random characters)"
+            )
+        if len(self.auth_jwt_secret) < 32:
+            raise ConfigError("AUTH_JWT_SECRET must be at least 32 characters outside local")
