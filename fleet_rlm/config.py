@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     agent_max_iters: int = 5
     cancel_grace_s: float = 2.0
 
+    embedded_model: bool = True  # serve the bundled SmolLM2 when no model is configured
+    # Bind Serve's internal replica gRPC port to 127.0.0.1 (multi-node clusters: false).
+    loopback_only: bool = True
     ray_namespace: str = "fleet_rlm"
     version_tag: str = Field(default="1", description="wire contract version")
 
@@ -90,11 +93,6 @@ class Settings(BaseSettings):
     @property
     def scripted(self) -> bool:
         return self.dspy_lm_scripted_rules is not None
-
-    @property
-    def planner_configured(self) -> bool:
-        """True when some planner LM is available: configured, scripted or embedded."""
-        return True
 
     def check_safe(self) -> None:
         """Refuse unsafe settings outside ``APP_ENV=local``, naming the setting to change."""

@@ -1,19 +1,19 @@
 """The error tree. Every error a user can see derives from ``FleetError``.
 
-    FleetError                      root; ``code`` is the wire code, ``message`` says what to do
-    ├── ConfigError                 a setting is missing or unsafe; the server refuses to start
-    ├── StoreError                  the database cannot be used
-    │   └── SchemaTooNewError       the database was migrated by a newer fleet-rlm
-    ├── IdentityError               a request names a session it may not touch
-    │   ├── InvalidSessionIdError   ``session_id`` is not 1-128 chars of [A-Za-z0-9._:-]
-    │   └── UnsupportedIdentityFieldsError
-    ├── AuthError                   missing, expired or forged credentials (401)
-    │   └── ForbiddenError          valid credentials for another identity (403)
-    ├── TurnError                   a turn could not start or ended badly
-    │   ├── TurnInProgressError
-    │   ├── NoTurnRunningError
-    │   └── TurnCancelled           raised inside a turn's thread once the turn is cancelled
-    └── ModelError                  the language model failed, timed out or gave unparseable output
+FleetError                      root; ``code`` is the wire code, ``message`` says what to do
+├── ConfigError                 a setting is missing or unsafe; the server refuses to start
+├── StoreError                  the database cannot be used
+│   └── SchemaTooNewError       the database was migrated by a newer fleet-rlm
+├── IdentityError               a request names a session it may not touch
+│   ├── InvalidSessionIdError   ``session_id`` is not 1-128 chars of [A-Za-z0-9._:-]
+│   └── UnsupportedIdentityFieldsError
+├── AuthError                   missing, expired or forged credentials (401)
+│   └── ForbiddenError          valid credentials for another identity (403)
+├── TurnError                   a turn could not start or ended badly
+│   ├── TurnInProgressError
+│   ├── NoTurnRunningError
+│   └── TurnCancelled           raised inside a turn's thread once the turn is cancelled
+└── ModelError                  the language model failed, timed out or gave unparseable output
 """
 
 from __future__ import annotations

@@ -19,8 +19,7 @@ def check_session_id(value: object) -> str:
     """Return ``value`` if it is a valid session id, else raise ``InvalidSessionIdError``."""
     if not isinstance(value, str) or not SESSION_ID_PATTERN.match(value):
         raise InvalidSessionIdError(
-            "session_id must be 1 to 128 characters of letters, digits and . _ : - ;"
-            f" got {value!r}"
+            f"session_id must be 1 to 128 characters of letters, digits and . _ : - ; got {value!r}"
         )
     return value
 

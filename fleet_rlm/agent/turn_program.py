@@ -1,0 +1,64 @@
+"""``execute_turn``: one user turn, run in the session actor's worker thread.
+
+It builds the planner LM, opens the turn's MLflow trace, runs ``FleetAgent`` inside
+``dspy.context`` (``dspy.configure`` may only be called from one thread), guards every LM
+call against cancellation, and maps model failures to ``ModelError`` codes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dspy
+
+from fleet_rlm.agent.doc_tools import DocumentTools
+from fleet_rlm.agent.fleet_agent import FleetAgent
+from fleet_rlm.agent.lm import build_adapter, build_planner_lm, classify_model_error, lm_guard
+from fleet_rlm.agent.turn_events import TurnEventCallback
+from fleet_rlm.errors import FleetError
+from fleet_rlm.observability.tracing import turn_trace
+from fleet_rlm.runtime.frames import truncate
+from fleet_rlm.runtime.turn import TurnContext, TurnOutcome
+
+logger = logging.getLogger(__name__)
+
+ANSWER_EVENT_LIMIT = 4000
+
+
+def execute_turn(ctx: TurnContext) -> TurnOutcome:
+    turn, settings = ctx.turn, ctx.settings
+    key = turn.key
+    ctx.check()
+    try:
+        lm = build_planner_lm(settings)
+    except FleetError:
+        raise
+    except Exception as exc:
+        raise classify_model_error(exc) from exc
+    tools = DocumentTools(ctx)
+    agent = FleetAgent(tools.tools(), max_iters=settings.agent_max_iters)
+    callback = TurnEventCallback(ctx, tools)
+    with turn_trace(settings, key, turn.turn_index, turn.content) as trace:
+        ctx.emitter.set_trace(trace.trace_id, trace.trace_url)
+        ctx.emitter.chat("status", "thinking", {"phase": "planning"})
+        try:
+            with (
+                lm_guard(ctx.check),
+                dspy.context(lm=lm, adapter=build_adapter(settings), callbacks=[callback]),
+            ):
+                answer = agent.respond(turn.content, tools.catalogue())
+        except FleetError:
+            raise
+        except Exception as exc:
+            logger.info(
+                "session %s: turn %d model failure: %r", key.session_id, turn.turn_index, exc
+            )
+            raise classify_model_error(exc) from exc
+        ctx.check()
+        ctx.emitter.step(
+            "output",
+            "answer",
+            parent_id=tools.parent_step,
+            output={"answer": truncate(answer, ANSWER_EVENT_LIMIT)},
+        )
+    return TurnOutcome(answer=answer, trace_id=trace.trace_id, trace_url=trace.trace_url)

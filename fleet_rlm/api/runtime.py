@@ -1,0 +1,39 @@
+"""What one ingress replica holds: settings, the store, session actors and the hub.
+
+Built once per replica process (``Runtime.start``), shared by every route and socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fleet_rlm.config import Settings
+from fleet_rlm.runtime.actors import SessionActors
+from fleet_rlm.runtime.hub import Hub
+from fleet_rlm.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    actors: SessionActors
+    hub: Hub
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        settings.check_safe()
+        store = Store.from_settings(settings)
+        store.migrate()
+        actors = SessionActors(settings)
+        hub = Hub(actors, settings.viewer_queue_frames)
+        logger.info(
+            "runtime up: app_env=%s auth_required=%s database=%s",
+            settings.app_env,
+            settings.auth_required,
+            store,
+        )
+        return cls(settings, store, actors, hub)

@@ -1,0 +1,82 @@
+"""``/ready`` and ``/api/v1/runtime/status``: what is healthy, and what to do when not."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fleet_rlm.agent.lm import describe_models
+from fleet_rlm.api.runtime import Runtime
+from fleet_rlm.errors import StoreError
+from fleet_rlm.observability.mlflow_runtime import mlflow_status
+
+
+def _database_state(rt: Runtime) -> tuple[str, str | None]:
+    try:
+        rt.store.ping()
+    except StoreError as exc:
+        return ("degraded" if rt.settings.database_required else "missing"), exc.message
+    return "ready", None
+
+
+def _planner_state(rt: Runtime) -> str:
+    s = rt.settings
+    # With nothing configured the embedded model serves, so a planner is always there.
+    return (
+        "ready"
+        if (s.scripted or s.dspy_lm_model or s.dspy_lm_api_base or s.embedded_model)
+        else "missing"
+    )
+
+
+async def readiness(rt: Runtime) -> dict[str, Any]:
+    database, _ = await asyncio.to_thread(_database_state, rt)
+    planner = _planner_state(rt)
+    db_ok = database == "ready" or not rt.settings.database_required
+    return {
+        "ready": planner == "ready" and db_ok,
+        "planner_configured": planner == "ready",
+        "planner": planner,
+        "database": database,
+        "database_required": rt.settings.database_required,
+        "sandbox_provider": rt.settings.sandbox_provider,
+    }
+
+
+async def runtime_status(rt: Runtime) -> dict[str, Any]:
+    s = rt.settings
+    ready = await readiness(rt)
+    _, db_error = await asyncio.to_thread(_database_state, rt)
+    mlflow = await asyncio.to_thread(mlflow_status, s)
+    guidance: list[str] = []
+    if db_error:
+        guidance.append(f"database: {db_error}")
+    if mlflow["startup_status"] == "degraded":
+        guidance.append(f"mlflow: {mlflow['startup_error']}")
+    if not (s.dspy_lm_model or s.dspy_lm_api_base or s.scripted):
+        guidance.append(
+            "llm: using the embedded SmolLM2-135M model, which is fast but weak; set"
+            " DSPY_LM_MODEL (and DSPY_LM_API_BASE / DSPY_LM_API_KEY) for real answers"
+        )
+    if s.sandbox_provider == "daytona" and not s.daytona_api_key:
+        guidance.append("daytona: set DAYTONA_API_KEY, DAYTONA_API_URL and DAYTONA_TARGET")
+    return {
+        "app_env": s.app_env,
+        "write_enabled": ready["database"] == "ready",
+        "ready": ready["ready"],
+        "sandbox_provider": s.sandbox_provider,
+        "active_models": describe_models(s),
+        "llm": {
+            "model_set": bool(s.dspy_lm_model),
+            "api_key_set": bool(s.dspy_lm_api_key),
+            "planner_configured": ready["planner_configured"],
+        },
+        "mlflow": mlflow,
+        "daytona": {
+            "api_key_set": bool(s.daytona_api_key),
+            "api_url_set": bool(s.daytona_api_url),
+            "target_set": bool(s.daytona_target),
+        },
+        "tests": {"lm": None, "daytona": None},
+        "guidance": guidance,
+    }

@@ -1,0 +1,128 @@
+"""One MLflow trace per turn, rooted at the agent's ``respond`` span.
+
+``turn_trace`` checks on entry whether MLflow answers, so tracing comes back on the first
+turn after the server does; when it does not, the turn runs untraced. Tracing problems
+are logged and never fail a turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fleet_rlm.config import Settings
+from fleet_rlm.identity import SessionKey
+from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env, mlflow_answers
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_configured_for: tuple[str, str] | None = None
+_experiment_id: str | None = None
+
+
+@dataclass
+class TraceHandle:
+    trace_id: str | None = None
+    trace_url: str | None = None
+
+
+def _configure(settings: Settings) -> str | None:
+    """Point this process at the tracking server and turn on DSPy autologging, once."""
+    global _configured_for, _experiment_id
+    import mlflow
+
+    wanted = (settings.mlflow_tracking_uri, settings.mlflow_experiment)
+    with _lock:
+        if _configured_for != wanted:
+            apply_mlflow_client_env()
+            mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+            experiment = mlflow.set_experiment(settings.mlflow_experiment)
+            _experiment_id = experiment.experiment_id
+            mlflow.dspy.autolog(silent=True)
+            _configured_for = wanted
+        return _experiment_id
+
+
+def trace_url(settings: Settings, experiment_id: str | None, trace_id: str) -> str | None:
+    uri = settings.mlflow_tracking_uri
+    if not uri.startswith(("http://", "https://")) or experiment_id is None:
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/traces?selectedEvaluationId={trace_id}"
+
+
+def _enabled(settings: Settings) -> str | None:
+    if not settings.mlflow_enabled or not mlflow_answers(settings.mlflow_tracking_uri):
+        return None
+    try:
+        return _configure(settings)
+    except Exception as exc:  # a broken tracking server must not fail the turn
+        logger.warning("MLflow configuration failed, turn runs untraced: %s", exc)
+        return None
+
+
+@contextlib.contextmanager
+def turn_trace(
+    settings: Settings, key: SessionKey, turn_index: int, message: str
+) -> Iterator[TraceHandle]:
+    handle = TraceHandle()
+    experiment_id = _enabled(settings)
+    if experiment_id is None:
+        _set_tracing(False)
+        logger.info(
+            "session %s: turn %d runs untraced (MLflow unavailable)", key.session_id, turn_index
+        )
+        yield handle
+        return
+    import mlflow
+    from mlflow.entities import SpanType
+
+    _set_tracing(True)
+    with mlflow.start_span(name="respond", span_type=SpanType.AGENT) as span:
+        span.set_inputs({"message": message})
+        handle.trace_id = span.trace_id
+        handle.trace_url = trace_url(settings, experiment_id, span.trace_id)
+        _tag(key, turn_index)
+        try:
+            yield handle
+        finally:
+            pass
+    _flush()
+
+
+def _tag(key: SessionKey, turn_index: int) -> None:
+    import mlflow
+
+    extra = {"fleet_rlm.workspace_id": key.workspace_id, "fleet_rlm.turn_index": str(turn_index)}
+    try:
+        mlflow.update_current_trace(
+            tags=extra,
+            metadata={
+                "mlflow.trace.session": key.session_id,
+                "mlflow.trace.user": key.user_id,
+                **extra,
+            },
+        )
+    except Exception as exc:
+        logger.warning("session %s: could not tag trace: %s", key.session_id, exc)
+
+
+def _set_tracing(on: bool) -> None:
+    import mlflow
+
+    try:
+        mlflow.tracing.enable() if on else mlflow.tracing.disable()
+    except Exception as exc:
+        logger.debug("toggling MLflow tracing failed: %s", exc)
+
+
+def _flush() -> None:
+    import mlflow
+
+    try:
+        mlflow.flush_trace_async_logging()
+    except Exception as exc:
+        logger.warning("flushing MLflow traces failed: %s", exc)
