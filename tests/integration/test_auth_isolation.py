@@ -7,7 +7,7 @@ import time
 import httpx
 import jwt
 import pytest
-from websockets.exceptions import InvalidStatus, ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fleet_rlm.config import Settings
 from tests.integration.conftest import SECRET
