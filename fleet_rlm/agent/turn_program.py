@@ -44,7 +44,12 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
         try:
             with (
                 lm_guard(ctx.check),
-                dspy.context(lm=lm, adapter=build_adapter(settings), callbacks=[callback]),
+                dspy.context(
+                    lm=lm,
+                    adapter=build_adapter(settings),
+                    # keep the process-wide callbacks (MLflow's autolog) and add ours
+                    callbacks=[*dspy.settings.callbacks, callback],
+                ),
             ):
                 answer = agent.respond(turn.content, tools.catalogue())
         except FleetError:
