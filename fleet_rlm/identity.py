@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from fleet_rlm.errors import InvalidSessionIdError
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # always used with fullmatch
 IDENTITY_FIELDS = frozenset({"workspace_id", "user_id"})
 
 
 def check_session_id(value: object) -> str:
     """Return ``value`` if it is a valid session id, else raise ``InvalidSessionIdError``."""
-    if not isinstance(value, str) or not SESSION_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not SESSION_ID_PATTERN.fullmatch(value):
         raise InvalidSessionIdError(
             f"session_id must be 1 to 128 characters of letters, digits and . _ : - ; got {value!r}"
         )

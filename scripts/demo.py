@@ -60,7 +60,15 @@ def main() -> int:
                 return 1
         print(f"==> server ready in {time.monotonic() - started:.1f} s; asking: {QUESTION}")
         run = subprocess.run(
-            [str(BIN / "fleet-rlm"), "run", QUESTION, "--doc", DOC, "--url", f"http://127.0.0.1:{PORT}"],
+            [
+                str(BIN / "fleet-rlm"),
+                "run",
+                QUESTION,
+                "--doc",
+                DOC,
+                "--url",
+                f"http://127.0.0.1:{PORT}",
+            ],
             cwd=ROOT,
         )
         return run.returncode

@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, Literal
 
 import dspy
@@ -63,31 +62,36 @@ ModelRole = Literal["planner", "delegate", "delegate_small"]
 
 Check = Callable[[], None]
 
-_checks: ContextVar[tuple[Check, ...]] = ContextVar("fleet_rlm_lm_checks", default=())
+# The checks live in DSPy's own per-context settings (a ContextVar underneath), so they follow
+# the context like any ``dspy.context`` value and are also handed to the worker threads of
+# DSPy's ParallelExecutor (dspy.Parallel, Evaluate), which copies those settings but not
+# other context variables.
+_CHECKS_KEY = "fleet_rlm_lm_checks"
 # Set on an exception a check raised, so GuardedLM can find it under DSPy's wrapping.
 _GUARD_MARK = "_fleet_rlm_raised_by_lm_guard"
+
+
+def _installed_checks() -> tuple[Check, ...]:
+    return tuple(dspy.settings.get(_CHECKS_KEY) or ())
 
 
 @contextmanager
 def lm_guard(check: Check) -> Iterator[None]:
     """Run ``check`` before every request any LM from this module makes in this context.
 
-    Guards nest; inner and outer checks all run, outer first. The context is a
-    ``contextvars`` one: it covers this thread or asyncio task and whatever
-    copies its context (``asyncio.to_thread``, DSPy's parallel executor), not
-    threads started without a copy. If ``check`` raises, that exception object
-    propagates out of the DSPy module call.
+    Guards nest; inner and outer checks all run, outer first. The scope is that of
+    ``dspy.context``: this thread or asyncio task, what copies its context
+    (``asyncio.to_thread``, ``dspy.RLM``'s batched queries) and DSPy's parallel
+    executor threads, not threads started without a copy. If ``check`` raises, that
+    exception object propagates out of the DSPy module call.
     """
-    token = _checks.set((*_checks.get(), check))
-    try:
+    with dspy.settings.context(**{_CHECKS_KEY: (*_installed_checks(), check)}):
         yield
-    finally:
-        _checks.reset(token)
 
 
 def run_lm_guards() -> None:
     """Run the checks installed with ``lm_guard``; re-raise the first failure, marked as theirs."""
-    for check in _checks.get():
+    for check in _installed_checks():
         try:
             check()
         except BaseException as exc:
@@ -274,9 +278,11 @@ def build_lm(settings: Settings, role: ModelRole = "planner") -> GuardedLM:
     if settings.dspy_lm_scripted_rules is not None:
         from fleet_rlm.agent.scripted_lm import scripted_lm
 
+        logger.debug("%s LM: scripted from %s", role, settings.dspy_lm_scripted_rules)
         return scripted_lm(settings.dspy_lm_scripted_rules, timeout_s=settings.lm_timeout_s)
     model = _configured_model(settings, role)
     if model:
+        logger.debug("%s LM: configured %s", role, model)
         return configured_lm(model, settings)
     if not getattr(settings, "embedded_model", True):
         raise ModelError(
@@ -286,7 +292,9 @@ def build_lm(settings: Settings, role: ModelRole = "planner") -> GuardedLM:
         )
     from fleet_rlm.agent.local_model import embedded_lm, ensure_local_model
 
-    return embedded_lm(ensure_local_model(settings), settings)
+    base_url = ensure_local_model(settings)
+    logger.debug("%s LM: embedded at %s", role, base_url)
+    return embedded_lm(base_url, settings)
 
 
 def build_planner_lm(settings: Settings) -> GuardedLM:
@@ -315,10 +323,11 @@ def build_adapter(settings: Settings) -> dspy.JSONAdapter:
 def describe_models(settings: Settings) -> dict[str, str | None]:
     """Names of the planner and delegate models, for a status page; starts nothing."""
     source = model_source(settings)
-    if source == "scripted":
+    rules = settings.dspy_lm_scripted_rules
+    if rules is not None:
         from fleet_rlm.agent.scripted_lm import scripted_model_name
 
-        name = scripted_model_name(settings.dspy_lm_scripted_rules)  # type: ignore[arg-type]
+        name = scripted_model_name(rules)
         names = {"planner": name, "delegate": name, "delegate_small": name}
         api_base = None
     else:

@@ -28,6 +28,7 @@ and then ``embedded_lm``. The pieces, from the bottom:
 from __future__ import annotations
 
 import atexit
+import http.client
 import importlib.util
 import logging
 import os
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-import httpx
 import psutil
 import pydantic
 from dspy.lm15 import (
@@ -79,11 +79,15 @@ def local_base_url(port: int) -> str:
 
 def answers(port: int, timeout_s: float = 0.5) -> bool:
     """True when a server on 127.0.0.1:``port`` says it is healthy (``GET /health`` is 200)."""
+    # http.client rather than httpx: no proxy settings apply, and no log line per probe.
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
-        response = httpx.get(f"{local_root_url(port)}/health", timeout=timeout_s, trust_env=False)
-    except httpx.HTTPError:
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
         return False
-    return response.status_code == 200
+    finally:
+        connection.close()
 
 
 def find_model_path() -> Path:
@@ -224,9 +228,10 @@ class LocalModelActor:
         self._server.start()
 
     def ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
-        """Wait until the server answers; return the id of the node it runs on."""
+        """(Re)start the server if stopped, wait until it answers; return this node's id."""
         import ray
 
+        self._server.start()
         self._server.wait_ready(timeout_s)
         return ray.get_runtime_context().get_node_id()
 
@@ -237,26 +242,27 @@ class LocalModelActor:
         self._server.stop()
 
 
-_in_process: LocalModelServer | None = None
+_in_process: dict[int, LocalModelServer] = {}  # by port
 _in_process_lock = threading.Lock()
 
 
 def stop_in_process_model() -> None:
-    """Stop the server ``ensure_local_model`` started in this process, if any."""
-    global _in_process
+    """Stop the servers ``ensure_local_model`` started in this process, if any."""
     with _in_process_lock:
-        server, _in_process = _in_process, None
-    if server is not None:
+        servers = list(_in_process.values())
+        _in_process.clear()
+    for server in servers:
         server.stop()
 
 
 def _ensure_in_process(settings: Settings, timeout_s: float) -> None:
-    global _in_process
+    port = settings.local_model_port
     with _in_process_lock:
-        if _in_process is None:
-            _in_process = LocalModelServer(settings.local_model_port, settings.local_model_ctx)
+        server = _in_process.get(port)
+        if server is None:
+            server = _in_process[port] = LocalModelServer(port, settings.local_model_ctx)
+            atexit.unregister(stop_in_process_model)  # registered once, however many servers
             atexit.register(stop_in_process_model)
-        server = _in_process
     server.start()
     server.wait_ready(timeout_s)
 
@@ -284,12 +290,20 @@ def _ensure_actor(settings: Settings, timeout_s: float) -> None:
             .remote(port, settings.local_model_ctx)
         )
         node = ray.get(actor.ready.remote(timeout_s), timeout=timeout_s + 30.0)
+        serving = ray.get(actor.base_url.remote(), timeout=timeout_s)
     except (ray.exceptions.RayError, ModelError) as exc:
         raise ModelError(
             f"the embedded model actor {settings.ray_namespace}/{ACTOR_NAME} failed to start"
             f" ({type(exc).__name__}: {str(exc)[:300]}); see its log, or set DSPY_LM_MODEL",
             code="model_unavailable",
         ) from exc
+    if serving != local_base_url(port):
+        raise ModelError(
+            f"the embedded model actor {settings.ray_namespace}/{ACTOR_NAME} serves {serving},"
+            f" not port {port}: set LOCAL_MODEL_PORT back, or kill that actor so it is"
+            " re-created on the new port",
+            code="model_unavailable",
+        )
     if node != here:
         raise ModelError(
             f"the embedded model runs on node {node}, not on this node ({here}), and it"
@@ -324,8 +338,8 @@ def ensure_local_model(settings: Settings, *, timeout_s: float = READY_TIMEOUT_S
 
     Uses whatever already answers on ``LOCAL_MODEL_PORT``; else, with Ray
     initialised, the detached ``local_model`` actor (created on this node if
-    missing); else a server in this process. Raises ``ModelError``
-    (``model_unavailable``) when none becomes ready within ``timeout_s``.
+    missing, reserving no CPU); else a server in this process. Raises
+    ``ModelError`` (``model_unavailable``) when none becomes ready within ``timeout_s``.
     """
     port = settings.local_model_port
     if answers(port):

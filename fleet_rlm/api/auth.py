@@ -19,7 +19,7 @@ from fleet_rlm.errors import AuthError
 from fleet_rlm.identity import Principal
 
 DEFAULT_PRINCIPAL = Principal("default", "local")
-_ID_PART = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
+_ID_PART = re.compile(r"[A-Za-z0-9._:@+-]{1,128}")  # used with fullmatch
 
 
 def _token(conn: HTTPConnection, websocket: bool) -> str | None:
@@ -35,7 +35,7 @@ def _token(conn: HTTPConnection, websocket: bool) -> str | None:
 
 
 def _check_part(name: str, value: object) -> str:
-    if not isinstance(value, str) or not _ID_PART.match(value):
+    if not isinstance(value, str) or not _ID_PART.fullmatch(value):
         raise AuthError(f"token claim {name!r} is missing or malformed", code="invalid_token")
     return value
 

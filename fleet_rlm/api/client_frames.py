@@ -49,7 +49,7 @@ def _session_id(raw: dict[str, Any]) -> str:
     if "session_id" not in raw:
         raise FrameError("missing_field", f"'{raw['type']}' needs a session_id")
     value = raw["session_id"]
-    if not isinstance(value, str) or not SESSION_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not SESSION_ID_PATTERN.fullmatch(value):
         raise FrameError(
             "invalid_session_id",
             "session_id must be 1 to 128 characters of letters, digits and . _ : -",

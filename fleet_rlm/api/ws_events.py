@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def _after_seq(raw: str | None) -> int:
     if raw is None:
         return 0
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise FleetError("after_seq must be a non-negative integer", code="invalid_field")
     return int(raw)
 

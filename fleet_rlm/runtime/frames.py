@@ -32,9 +32,18 @@ CHAT_KINDS = frozenset(
 TERMINAL_KINDS = frozenset({"final", "error", "cancelled"})
 STEP_TYPES = frozenset({"llm", "tool", "repl", "delegate", "output"})
 
-_SECRET_KEY = re.compile(r"token|secret|api[_-]?key|password|authorization", re.IGNORECASE)
+# Keys: "token" as a whole word part (access_token, x-auth-token) but not max_tokens.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])token$|secret|api[_-]?key|passw(or)?d|authorization|credential", re.IGNORECASE
+)
 _SECRET_VALUE = re.compile(
-    r"(?i)\b(bearer\s+[A-Za-z0-9._~+/=-]{8,}|sk-[A-Za-z0-9_-]{8,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)"
+    r"(?i)\b("
+    r"bearer\s+[A-Za-z0-9._~+/=-]{12,}"
+    r"|basic\s+[A-Za-z0-9+/]{12,}={0,2}"
+    r"|sk-(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{12,}"
+    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+    r"|(?:password|passwd|secret|api[_-]?key|token)\s*[=:]\s*\S+"
+    r")"
 )
 REDACTED = "[redacted]"
 

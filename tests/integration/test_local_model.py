@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import dspy
+import psutil
 import pytest
 
 from fleet_rlm.agent import local_model
@@ -72,8 +73,12 @@ def test_server_listens_on_loopback_only(embedded: Settings) -> None:
     port = embedded.local_model_port
     assert local_model.answers(port)
     assert ensure_local_model(embedded) == f"http://127.0.0.1:{port}/v1"  # reused, not restarted
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", port))  # free on other interfaces: only 127.0.0.1 is bound
+    listening = [
+        conn.laddr
+        for conn in psutil.Process().net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    ]
+    assert listening and all(address.ip == "127.0.0.1" for address in listening)
 
 
 def test_predict_returns_a_parsed_answer(embedded: Settings) -> None:
@@ -123,3 +128,75 @@ def test_guard_stops_the_embedded_model(embedded: Settings) -> None:
             dspy.Predict("question -> answer")(question="?")
     assert info.value is cancel
     assert lm.history == []
+
+
+_ACTOR_SCRIPT = """
+import json, sys, time
+import ray
+from fleet_rlm.config import Settings, apply_offline_env
+from fleet_rlm.agent.local_model import ACTOR_NAME, answers, ensure_local_model
+
+apply_offline_env()
+port, namespace = int(sys.argv[1]), sys.argv[2]
+ray.init(address="local", namespace=namespace, include_dashboard=False,
+         _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"PYTHONPATH": sys.argv[3]}})
+settings = Settings(local_model_port=port, ray_namespace=namespace)
+result = {"driver": ensure_local_model(settings)}
+
+@ray.remote
+def from_worker(port, namespace):
+    import dspy
+    from fleet_rlm.agent.lm import build_adapter, build_planner_lm
+    from fleet_rlm.config import Settings
+    settings = Settings(local_model_port=port, ray_namespace=namespace)
+    with dspy.context(lm=build_planner_lm(settings), adapter=build_adapter(settings)):
+        return dspy.Predict("question -> answer")(question="Capital of France?").answer
+
+result["worker_answer"] = ray.get(from_worker.remote(port, namespace))
+actor = ray.get_actor(ACTOR_NAME, namespace=namespace)
+ray.kill(actor)
+deadline = time.monotonic() + 10
+while answers(port) and time.monotonic() < deadline:
+    time.sleep(0.1)
+result["answers_after_kill"] = answers(port)
+ray.shutdown()
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.integration
+def test_ray_actor_path_from_driver_and_worker(tmp_path) -> None:
+    """With Ray initialised, ensure_local_model gets-or-creates the detached named actor."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    for name in ("DSPY_LM_MODEL", "DSPY_LM_SCRIPTED_RULES", "DSPY_LM_API_BASE", "RAY_ADDRESS"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _ACTOR_SCRIPT, str(port), "fleet_rlm_local_model_test", str(root)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    import json
+
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["driver"] == f"http://127.0.0.1:{port}/v1", result
+    assert isinstance(result["worker_answer"], str), result
+    assert result["answers_after_kill"] is False, result

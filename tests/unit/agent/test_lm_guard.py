@@ -140,3 +140,17 @@ def test_guards_nest_and_end_with_their_block() -> None:
         run_lm_guards()
     run_lm_guards()
     assert order == ["outer", "inner", "outer"]
+
+
+def test_guard_reaches_dspy_parallel_worker_threads(write_rules) -> None:
+    # dspy.Parallel runs items in its own threads, copying DSPy's settings but not other
+    # context variables; it also collects per-item errors instead of raising them.
+    lm = scripted_lm(write_rules([{"name": "r", "outputs": {"answer": "ok"}}]))
+    switch = Switch()
+    switch.cancelled = True
+    predict = dspy.Predict("question -> answer")
+    parallel = dspy.Parallel(num_threads=2, max_errors=5, return_failed_examples=True)
+    with lm_guard(switch.check), dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        _, _, errors = parallel([(predict, {"question": "a"}), (predict, {"question": "b"})])
+    assert [error is switch.error for error in errors] == [True, True]
+    assert lm.engine.matched == []
