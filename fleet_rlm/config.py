@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     lm_timeout_s: float = 60.0
     local_model_port: int = 20180
     local_model_ctx: int = 8192
-    local_model_max_tokens: int = 512
+    local_model_max_tokens: int = 256
 
     session_idle_timeout_s: float = 600.0
     session_event_buffer: int = 2000

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 
 
-def fetch_trace(tracking_uri: str, trace_id: str, wait_s: float = 15.0):
+def fetch_trace(tracking_uri: str, trace_id: str, wait_s: float = 30.0):
     """The trace, once its spans have landed (export is asynchronous)."""
     from mlflow import MlflowClient
 
@@ -17,9 +17,9 @@ def fetch_trace(tracking_uri: str, trace_id: str, wait_s: float = 15.0):
             trace = client.get_trace(trace_id)
             if trace is not None and trace.data.spans:
                 return trace
-        except Exception:
+        except Exception:  # "not fully exported yet" until the spans land
             if time.monotonic() >= deadline:
-                raise
+                return None
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
@@ -28,7 +28,7 @@ def fetch_trace(tracking_uri: str, trace_id: str, wait_s: float = 15.0):
 def print_trace_tree(tracking_uri: str, trace_id: str) -> None:
     trace = fetch_trace(tracking_uri, trace_id)
     if trace is None:
-        print("  (the trace has no spans yet)")
+        print("  (the trace's spans have not landed yet; open it in the MLflow UI)")
         return
     children = defaultdict(list)
     for span in trace.data.spans:

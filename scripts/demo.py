@@ -22,7 +22,8 @@ PORT = os.environ.get("DEMO_PORT", "8000")
 DOC = os.environ.get("DEMO_DOC", "/usr/share/common-licenses/Apache-2.0")
 QUESTION = os.environ.get(
     "DEMO_QUESTION",
-    "What does the Apache-2.0 licence say happens to a patent licence if you sue someone?",
+    "Search the Apache-2.0 document for patent litigation: what happens to your patent"
+    " licence if you sue someone?",
 )
 READY_TIMEOUT_S = 240
 

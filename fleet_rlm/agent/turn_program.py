@@ -37,7 +37,7 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
         raise classify_model_error(exc) from exc
     tools = DocumentTools(ctx)
     agent = FleetAgent(tools.tools(), max_iters=settings.agent_max_iters)
-    callback = TurnEventCallback(ctx, tools)
+    callback = TurnEventCallback(ctx)
     with turn_trace(settings, key, turn.turn_index, turn.content) as trace:
         ctx.emitter.set_trace(trace.trace_id, trace.trace_url)
         ctx.emitter.chat("status", "thinking", {"phase": "planning"})
@@ -63,7 +63,7 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
         ctx.emitter.step(
             "output",
             "answer",
-            parent_id=tools.parent_step,
+            parent_id=callback.parent_step,
             output={"answer": truncate(answer, ANSWER_EVENT_LIMIT)},
         )
     return TurnOutcome(answer=answer, trace_id=trace.trace_id, trace_url=trace.trace_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,8 +112,9 @@ def _tag(key: SessionKey, turn_index: int) -> None:
 
 
 def _set_tracing(on: bool) -> None:
-    import mlflow
-
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:  # never imported here: nothing to switch off, and no import cost
+        return
     try:
         mlflow.tracing.enable() if on else mlflow.tracing.disable()
     except Exception as exc:

@@ -66,12 +66,21 @@ class SessionActors:
     def forget(self, key: SessionKey) -> None:
         self._handles.pop(key, None)
 
-    async def call(self, key: SessionKey, method: str, *args: Any) -> dict[str, Any]:
-        """Call ``method`` on the session's actor, re-resolving it after a death."""
+    async def call(
+        self, key: SessionKey, method: str, *args: Any, inflight: list[Any] | None = None
+    ) -> dict[str, Any]:
+        """Call ``method`` on the session's actor, re-resolving it after a death.
+
+        ``inflight``, when given, holds the pending call's ``ObjectRef`` while it runs, so
+        that the caller can ``ray.cancel`` it (a cancelled await does not cancel it).
+        """
         for attempt in range(RETRIES):
             handle = self.handle(key)
+            ref = getattr(handle, method).remote(*args)
+            if inflight is not None:
+                inflight[:] = [ref]
             try:
-                answer = await getattr(handle, method).remote(*args)
+                answer = await ref
             except _DEAD as exc:
                 logger.info(
                     "session %s: actor gone (%s); resolving again",
@@ -79,7 +88,7 @@ class SessionActors:
                     type(exc).__name__,
                 )
                 self.forget(key)
-                await asyncio.sleep(0.1 * (attempt + 1))
+                await asyncio.sleep(0.05 * attempt)
                 continue
             if answer.get("code") == "passivating":
                 self.forget(key)

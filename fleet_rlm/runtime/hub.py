@@ -16,6 +16,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
+
 from fleet_rlm.identity import SessionKey
 from fleet_rlm.runtime.actors import SessionActors
 
@@ -92,6 +94,7 @@ class Feed:
         self.actors = hub.actors
         self.cursor = cursor
         self.subs: set[Subscription] = set()
+        self.inflight: list[object] = []
         self.task = asyncio.get_running_loop().create_task(self._poll())
 
     def detach(self, sub: Subscription) -> None:
@@ -154,6 +157,9 @@ class Hub:
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
         feed.task.cancel()
+        for ref in feed.inflight:
+            # Ends the actor's long-poll now, so an idle session can passivate on time.
+            ray.cancel(ref)
 
     @property
     def feed_count(self) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks of the fleet-rlm runtime; ``python -m bench.bench_runtime`` runs them."""
