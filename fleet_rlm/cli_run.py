@@ -41,7 +41,10 @@ def _show(frame: dict[str, Any]) -> None:
     kind, text, payload = data.get("kind"), data.get("text", ""), data.get("payload", {})
     seq = data.get("seq")
     if kind == "tool_call":
-        print(f"  [{seq}] tool call    {payload.get('tool')}({json.dumps(payload.get('args'))})")
+        args = json.dumps(payload.get("args"))
+        print(
+            f"  [{seq}] tool call    {payload.get('tool')}({args[:160]}{'...' if len(args) > 160 else ''})"
+        )
     elif kind == "tool_result":
         first = text.splitlines()[0] if text else ""
         print(f"  [{seq}] tool result  {first[:160]}")

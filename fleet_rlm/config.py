@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     agent_max_iters: int = 5
     cancel_grace_s: float = 2.0
 
+    sandbox_max_total: int = 4
+    sandbox_warm_min: int = 1
+    sandbox_exec_timeout_s: float = 30.0
+    sandbox_cpu_s: int = 60
+    sandbox_memory_mb: int = 512
+    sandbox_file_mb: int = 16
+    sandbox_max_procs: int = 64
+    sandbox_output_bytes: int = 64 * 1024
+    sandbox_lease_timeout_s: float = 60.0
+    sandbox_idle_reap_s: float = 300.0
+
+    rlm_max_depth: int = 2
+    rlm_max_lm_calls: int = 50
+    rlm_wall_time_s: float = 300.0
+    rlm_max_concurrent_children: int = 4
+    rlm_max_iters: int = 6
+    event_text_limit: int = 2000
+
     embedded_model: bool = True  # serve the bundled SmolLM2 when no model is configured
     # Bind Serve's internal replica gRPC port to 127.0.0.1 (multi-node clusters: false).
     loopback_only: bool = True

@@ -34,12 +34,17 @@ def print_trace_tree(tracking_uri: str, trace_id: str) -> None:
     for span in trace.data.spans:
         children[span.parent_id].append(span)
 
+    hidden = 0
+
     def show(parent: str | None, depth: int) -> None:
+        nonlocal hidden
         for span in sorted(children.get(parent, []), key=lambda s: s.start_time_ns):
+            if span.span_type == "PARSER":  # adapter format/parse: noise in a terminal
+                hidden += 1
+                continue
             ms = (span.end_time_ns - span.start_time_ns) / 1e6 if span.end_time_ns else 0.0
-            kind = span.span_type or ""
-            print(f"  {'  ' * depth}{span.name}  [{kind}] {ms:.0f} ms")
+            print(f"  {'  ' * depth}{span.name}  [{span.span_type or ''}] {ms:.0f} ms")
             show(span.span_id, depth + 1)
 
     show(None, 0)
-    print(f"  {len(trace.data.spans)} spans")
+    print(f"  {len(trace.data.spans)} spans ({hidden} adapter spans not shown)")
