@@ -42,9 +42,8 @@ def _show(frame: dict[str, Any]) -> None:
     seq = data.get("seq")
     if kind == "tool_call":
         args = json.dumps(payload.get("args"))
-        print(
-            f"  [{seq}] tool call    {payload.get('tool')}({args[:160]}{'...' if len(args) > 160 else ''})"
-        )
+        args = args if len(args) <= 160 else args[:160] + "..."
+        print(f"  [{seq}] tool call    {payload.get('tool')}({args})")
     elif kind == "tool_result":
         first = text.splitlines()[0] if text else ""
         print(f"  [{seq}] tool result  {first[:160]}")
