@@ -35,10 +35,6 @@ def _bind_replica_grpc_to_loopback() -> None:
     add_port._fleet_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = add_port
 
-
-if Settings().loopback_only:
-    _bind_replica_grpc_to_loopback()
-
 APP_NAME = "fleet-rlm"
 
 
@@ -50,11 +46,15 @@ APP_NAME = "fleet-rlm"
 @serve.ingress()
 class FleetIngress:
     def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        if settings.loopback_only:
+            # Runs before the replica opens its gRPC port (after this constructor).
+            _bind_replica_grpc_to_loopback()
         apply_offline_env()
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         from fleet_rlm.api.runtime import Runtime
 
-        self.runtime = Runtime.start(settings or Settings())
+        self.runtime = Runtime.start(settings)
 
     def __serve_build_asgi_app__(self) -> Any:
         from fleet_rlm.api.app import build_app
