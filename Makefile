@@ -16,7 +16,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # pip's progress, without its "already satisfied" chatter.
 PROGRESS := grep -E --line-buffered '^(Collecting|Downloading|Building|Installing|Successfully|ERROR|error)' || true
 
-.PHONY: install demo test test-unit test-integration lint format bench serve mlflow-server clean
+.PHONY: install demo test test-unit test-integration lint format bench serve serve-run mlflow-server clean
 
 install: $(STAMP)
 
@@ -60,6 +60,15 @@ bench: install
 
 serve: install
 	@$(VENV)/bin/fleet-rlm serve
+
+# `serve run serve_config.yaml` against a Ray head on 127.0.0.1:26379 (6379 is Redis's).
+# Ray's token auth is off for this loopback-only head; see cluster/README.md for a cluster.
+RAY_HEAD := 127.0.0.1:26379
+serve-run: install
+	@RAY_AUTH_MODE=disabled $(VENV)/bin/ray status --address $(RAY_HEAD) >/dev/null 2>&1 || \
+	  RAY_AUTH_MODE=disabled $(VENV)/bin/ray start --head --node-ip-address=127.0.0.1 \
+	    --port=26379 --include-dashboard=false --disable-usage-stats
+	@RAY_AUTH_MODE=disabled $(VENV)/bin/serve run --address $(RAY_HEAD) serve_config.yaml
 
 mlflow-server: install
 	@$(PY) -m fleet_rlm.observability.mlflow_server

@@ -2,6 +2,7 @@
 
 fleet-rlm serve [--host 127.0.0.1] [--port 8000]
 fleet-rlm run "QUESTION" [--doc PATH] [--session ID] [--url URL] [--json]
+fleet-rlm daytona-smoke --repo URL [--ref REF]
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--token", default=None, help="bearer token when AUTH_REQUIRED=true")
     run.add_argument("--json", action="store_true", help="print raw frames")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the turn")
+
+    smoke = sub.add_parser(
+        "daytona-smoke", help="check Daytona end to end (create, clone, execute twice, delete)"
+    )
+    smoke.add_argument("--repo", required=True, help="git URL to clone into the sandbox")
+    smoke.add_argument("--ref", default=None, help="branch or commit (default: the remote HEAD)")
+    smoke.add_argument("--timeout", type=float, default=60.0, help="seconds per execute")
     return parser
 
 
@@ -39,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from fleet_rlm.cli_serve import serve_forever
 
         return serve_forever(args.host, args.port, args.replicas)
+    if args.command == "daytona-smoke":
+        from fleet_rlm.sandbox import smoke
+
+        return smoke.main(args.repo, args.ref, args.timeout)
     from fleet_rlm.cli_run import run_question
 
     return run_question(args)
