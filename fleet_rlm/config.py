@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     agent_max_iters: int = 5
     cancel_grace_s: float = 2.0
 
+    sandbox_dir: Path | None = None  # default: <system temp>/fleet-rlm-sandboxes
     sandbox_max_total: int = 4
     sandbox_warm_min: int = 1
     sandbox_exec_timeout_s: float = 30.0

@@ -35,6 +35,7 @@ def _bind_replica_grpc_to_loopback() -> None:
     add_port._fleet_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = add_port
 
+
 APP_NAME = "fleet-rlm"
 
 

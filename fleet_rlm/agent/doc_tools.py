@@ -75,20 +75,21 @@ class DocumentTools:
 
     def tools(self) -> list[Callable[..., str]]:
         return [
-            self._wrap(self.list_documents),
-            self._wrap(self.read_document),
-            self._wrap(self.search_document),
+            guarded_tool(self.ctx, self.list_documents),
+            guarded_tool(self.ctx, self.read_document),
+            guarded_tool(self.ctx, self.search_document),
         ]
 
-    def _wrap(self, fn: Callable[..., str]) -> Callable[..., str]:
-        """Check cancellation before and after the tool; events come from ``turn_events``."""
-        ctx = self.ctx
 
-        @functools.wraps(fn)
-        def tool(*args: Any, **kwargs: Any) -> str:
-            ctx.check()
-            result = fn(*args, **kwargs)
-            ctx.check()
-            return result
+def guarded_tool(ctx: TurnContext, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` checked against cancellation before and after it runs; events come from
+    ``turn_events``, which hooks the tool's DSPy callbacks."""
 
-        return tool
+    @functools.wraps(fn)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        ctx.check()
+        result = fn(*args, **kwargs)
+        ctx.check()
+        return result
+
+    return tool

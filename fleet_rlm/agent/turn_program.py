@@ -11,7 +11,8 @@ import logging
 
 import dspy
 
-from fleet_rlm.agent.doc_tools import DocumentTools
+from fleet_rlm.agent.delegation import Delegation
+from fleet_rlm.agent.doc_tools import DocumentTools, guarded_tool
 from fleet_rlm.agent.fleet_agent import FleetAgent
 from fleet_rlm.agent.lm import build_adapter, build_planner_lm, classify_model_error, lm_guard
 from fleet_rlm.agent.turn_events import TurnEventCallback
@@ -25,6 +26,13 @@ logger = logging.getLogger(__name__)
 ANSWER_EVENT_LIMIT = 4000
 
 
+def _check_and_charge(ctx: TurnContext) -> None:
+    """Before each of the top-level agent's LM calls: not cancelled, and within budget."""
+    ctx.check()
+    if ctx.turn.budget is not None:
+        ctx.turn.budget.charge_lm()
+
+
 def execute_turn(ctx: TurnContext) -> TurnOutcome:
     turn, settings = ctx.turn, ctx.settings
     key = turn.key
@@ -36,14 +44,22 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
     except Exception as exc:
         raise classify_model_error(exc) from exc
     tools = DocumentTools(ctx)
-    agent = FleetAgent(tools.tools(), max_iters=settings.agent_max_iters)
     callback = TurnEventCallback(ctx)
     with turn_trace(settings, key, turn.turn_index, turn.content) as trace:
         ctx.emitter.set_trace(trace.trace_id, trace.trace_url)
+        delegation = Delegation(ctx, callback, traced=trace.trace_id is not None)
+        agent = FleetAgent(
+            [
+                *tools.tools(),
+                guarded_tool(ctx, delegation.delegate_to_rlm),
+                guarded_tool(ctx, delegation.delegate_batch),
+            ],
+            max_iters=settings.agent_max_iters,
+        )
         ctx.emitter.chat("status", "thinking", {"phase": "planning"})
         try:
             with (
-                lm_guard(ctx.check),
+                lm_guard(lambda: _check_and_charge(ctx)),
                 dspy.context(
                     lm=lm,
                     adapter=build_adapter(settings),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,22 @@ def trace_url(settings: Settings, experiment_id: str | None, trace_id: str) -> s
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/traces?selectedEvaluationId={trace_id}"
 
 
+def tracing_ready(settings: Settings) -> bool:
+    """True when this process can trace now (MLflow answers and is configured here)."""
+    return _enabled(settings) is not None
+
+
+def tracing_headers() -> dict[str, str]:
+    """W3C trace-context headers for the current span, to hand to another process."""
+    import mlflow
+
+    try:
+        return dict(mlflow.tracing.get_tracing_context_headers_for_http_request())
+    except Exception as exc:
+        logger.debug("no trace context to pass on: %s", exc)
+        return {}
+
+
 def _enabled(settings: Settings) -> str | None:
     if not settings.mlflow_enabled or not mlflow_answers(settings.mlflow_tracking_uri):
         return None
@@ -84,6 +101,7 @@ def turn_trace(
     _set_tracing(True)
     with mlflow.start_span(name="respond", span_type=SpanType.AGENT) as span:
         span.set_inputs({"message": message})
+        span.set_attribute("fleet_rlm.pid", os.getpid())
         handle.trace_id = span.trace_id
         handle.trace_url = trace_url(settings, experiment_id, span.trace_id)
         _tag(key, turn_index)
@@ -119,6 +137,11 @@ def _set_tracing(on: bool) -> None:
         mlflow.tracing.enable() if on else mlflow.tracing.disable()
     except Exception as exc:
         logger.debug("toggling MLflow tracing failed: %s", exc)
+
+
+def flush_traces() -> None:
+    """Send this process's finished spans now; MLflow drops them at exit otherwise."""
+    _flush()
 
 
 def _flush() -> None:

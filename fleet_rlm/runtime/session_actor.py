@@ -28,6 +28,7 @@ from fleet_rlm.config import Settings, apply_offline_env
 from fleet_rlm.errors import FleetError, TurnCancelled
 from fleet_rlm.identity import SessionKey
 from fleet_rlm.runtime import frames
+from fleet_rlm.runtime.budget import BudgetExceeded, BudgetLimits, TurnBudget
 from fleet_rlm.runtime.event_log import EventLog
 from fleet_rlm.runtime.turn import TurnContext, TurnEmitter, TurnOutcome, TurnState
 from fleet_rlm.store import Store
@@ -159,6 +160,7 @@ class SessionActor:
         turn_index = self.store.next_turn_index(self.key)
         self.store.create_turn(self.key, turn_index, content, client_message_id)
         turn = TurnState(self.key, turn_index, content)
+        turn.budget = TurnBudget(BudgetLimits.from_settings(self.settings))
         self._turn = turn
         self._cancel_wakeup = asyncio.Event()
         logger.info("session %s: turn %d started", self.key.session_id, turn_index)
@@ -190,7 +192,13 @@ class SessionActor:
 
         loop = asyncio.get_running_loop()
         emitter = TurnEmitter(turn, loop, self._append_chat, self._append_step)
-        ctx = TurnContext(turn=turn, settings=self.settings, store=self.store, emitter=emitter)
+        ctx = TurnContext(
+            turn=turn,
+            settings=self.settings,
+            store=self.store,
+            emitter=emitter,
+            session=ray.get_runtime_context().current_actor,
+        )
         work = loop.run_in_executor(self._executor, execute_turn, ctx)
         cancelled = loop.create_task(cancel_wakeup.wait())
         try:
@@ -271,6 +279,58 @@ class SessionActor:
             status,
             turn.duration_ms,
         )
+
+    # --- child runs (called from their processes) ---------------------------------------
+
+    def _live_turn(self, turn_index: int) -> TurnState | None:
+        turn = self._turn
+        if turn is None or turn.turn_index != turn_index or turn.closed:
+            return None
+        return turn
+
+    async def budget(self, turn_index: int, op: str, *args: Any) -> dict[str, Any]:
+        """A child's budget call: ``enter_child``, ``exit_child``, ``charge_lm`` or ``check``."""
+        turn = self._live_turn(turn_index)
+        if turn is None or turn.budget is None or turn.cancel_requested.is_set():
+            return refusal("cancelled", "the turn has ended or was cancelled")
+        try:
+            if op == "enter_child":
+                await turn.budget.enter_child(int(args[0]))
+            elif op == "exit_child":
+                turn.budget.exit_child()
+            elif op == "charge_lm":
+                turn.budget.charge_lm()
+            elif op == "check":
+                turn.check()
+            else:
+                return refusal("unknown_op", f"no budget operation {op!r}")
+        except BudgetExceeded as exc:
+            return refusal(exc.code, exc.message)
+        except FleetError as exc:
+            return refusal(exc.code, exc.message)
+        return {"ok": True}
+
+    async def child_step(self, turn_index: int, step: dict[str, Any]) -> None:
+        turn = self._live_turn(turn_index)
+        if turn is not None:
+            self._append_step(turn, step)
+
+    async def child_chat(
+        self, turn_index: int, kind: str, text: str, payload: dict[str, Any]
+    ) -> None:
+        turn = self._live_turn(turn_index)
+        if turn is not None:
+            self._append_chat(turn, kind, text, payload)
+
+    def _stop_sandboxes(self, turn: TurnState) -> None:
+        """Stop the cancelled turn's sandboxes, if the pool exists, without waiting."""
+        from fleet_rlm.sandbox.pool import POOL_NAME
+
+        try:
+            pool = ray.get_actor(POOL_NAME, namespace=self.settings.ray_namespace)
+        except ValueError:
+            return
+        pool.cancel_owner.remote(self.key.run_id(turn.turn_index) + ":")
 
     # --- sinks (run on the loop) -------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 from fleet_rlm.config import Settings
 from fleet_rlm.errors import TurnCancelled
 from fleet_rlm.identity import SessionKey
+from fleet_rlm.runtime.budget import TurnBudget
 from fleet_rlm.store import Store
 
 ChatSink = Callable[["TurnState", str, str, dict[str, Any]], None]
@@ -36,6 +37,7 @@ class TurnState:
     closed: bool = False
     trace_id: str | None = None
     trace_url: str | None = None
+    budget: TurnBudget | None = None
 
     def check(self) -> None:
         """Raise ``TurnCancelled`` if the turn was cancelled or has already ended."""
@@ -105,6 +107,7 @@ class TurnContext:
     settings: Settings
     store: Store
     emitter: TurnEmitter
+    session: Any = None  # this session's actor handle, for child runs in other processes
 
     def check(self) -> None:
         self.turn.check()
