@@ -66,7 +66,12 @@ class ChildBridge:
             self._entered = False
             ray.get(self.request.session.budget.remote(self.request.turn_index, "exit_child"))
 
+    def check_lm(self) -> None:
+        """The ``lm_guard`` check: cancelled, out of time or out of LM calls raise."""
+        self._budget("check_lm")
+
     def charge_lm(self) -> None:
+        """Count an LM call that starts (from the ``on_lm_start`` callback)."""
         self._budget("charge_lm")
 
     def check(self) -> None:
@@ -210,10 +215,14 @@ class ChildBridge:
 
 
 class _PlanSteps(BaseCallback):
-    """After each RLM action call: an ``llm`` step with its reasoning and code."""
+    """Counts the run's LM calls against the turn, and after each RLM action call sends
+    an ``llm`` step with its reasoning and code."""
 
     def __init__(self, bridge: ChildBridge) -> None:
         self.bridge = bridge
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.bridge.charge_lm()
 
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None

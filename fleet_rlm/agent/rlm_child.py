@@ -122,7 +122,7 @@ def _run(bridge: ChildBridge) -> ChildResult:
             interpreter_factory=bridge.interpreter,
         )
         with (
-            lm_guard(bridge.charge_lm),
+            lm_guard(bridge.check_lm),
             dspy.context(
                 lm=lm,
                 adapter=build_adapter(request.settings),

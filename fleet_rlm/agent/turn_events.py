@@ -47,6 +47,10 @@ class TurnEventCallback(BaseCallback):
         self.parent_step: str | None = None
         self._tools: dict[str, tuple[str, dict[str, Any]]] = {}
 
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if self.ctx.turn.budget is not None:
+            self.ctx.turn.budget.charge_lm()
+
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
     ) -> None:

@@ -18,6 +18,7 @@ from fleet_rlm.agent.lm import build_adapter, build_planner_lm, classify_model_e
 from fleet_rlm.agent.turn_events import TurnEventCallback
 from fleet_rlm.errors import FleetError
 from fleet_rlm.observability.tracing import turn_trace
+from fleet_rlm.runtime.budget import BudgetExceeded
 from fleet_rlm.runtime.frames import truncate
 from fleet_rlm.runtime.turn import TurnContext, TurnOutcome
 
@@ -26,11 +27,11 @@ logger = logging.getLogger(__name__)
 ANSWER_EVENT_LIMIT = 4000
 
 
-def _check_and_charge(ctx: TurnContext) -> None:
+def _check_lm(ctx: TurnContext) -> None:
     """Before each of the top-level agent's LM calls: not cancelled, and within budget."""
     ctx.check()
     if ctx.turn.budget is not None:
-        ctx.turn.budget.charge_lm()
+        ctx.turn.budget.check_lm()
 
 
 def execute_turn(ctx: TurnContext) -> TurnOutcome:
@@ -59,7 +60,7 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
         ctx.emitter.chat("status", "thinking", {"phase": "planning"})
         try:
             with (
-                lm_guard(lambda: _check_and_charge(ctx)),
+                lm_guard(lambda: _check_lm(ctx)),
                 dspy.context(
                     lm=lm,
                     adapter=build_adapter(settings),
@@ -68,6 +69,9 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
                 ),
             ):
                 answer = agent.respond(turn.content, tools.catalogue())
+        except BudgetExceeded as exc:
+            ctx.emitter.chat("status", exc.message, {"code": exc.code, "depth": 0})
+            raise
         except FleetError:
             raise
         except Exception as exc:

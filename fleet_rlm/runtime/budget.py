@@ -60,8 +60,12 @@ class TurnBudget:
                 code="wall_time_exceeded",
             )
 
-    def charge_lm(self) -> None:
-        """Count one LM call anywhere in the tree, or refuse it."""
+    def check_lm(self) -> None:
+        """Refuse the next LM call if the turn is out of calls or time (does not count it).
+
+        This runs as an ``lm_guard`` check, which may run several times for one call (the
+        scripted LM checks between the steps of a delay), so it must not count.
+        """
         with self._lock:
             self._check_time()
             if self.lm_calls >= self.limits.max_lm_calls:
@@ -70,7 +74,15 @@ class TurnBudget:
                     " answer with what you have",
                     code="lm_budget_exhausted",
                 )
+
+    def charge_lm(self) -> None:
+        """Count one LM call that is starting (from an ``on_lm_start`` callback)."""
+        with self._lock:
             self.lm_calls += 1
+
+    def check(self) -> None:
+        with self._lock:
+            self._check_time()
 
     def check_depth(self, depth: int) -> None:
         with self._lock:

@@ -289,7 +289,8 @@ class SessionActor:
         return turn
 
     async def budget(self, turn_index: int, op: str, *args: Any) -> dict[str, Any]:
-        """A child's budget call: ``enter_child``, ``exit_child``, ``charge_lm`` or ``check``."""
+        """A child's budget call: ``enter_child``, ``exit_child``, ``check_lm``, ``charge_lm``
+        or ``check``; refusals carry the limit's code."""
         turn = self._live_turn(turn_index)
         if turn is None or turn.budget is None or turn.cancel_requested.is_set():
             return refusal("cancelled", "the turn has ended or was cancelled")
@@ -300,8 +301,10 @@ class SessionActor:
                 turn.budget.exit_child()
             elif op == "charge_lm":
                 turn.budget.charge_lm()
+            elif op == "check_lm":
+                turn.budget.check_lm()
             elif op == "check":
-                turn.check()
+                turn.budget.check()
             else:
                 return refusal("unknown_op", f"no budget operation {op!r}")
         except BudgetExceeded as exc:
