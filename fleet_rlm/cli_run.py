@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from websockets.sync.client import connect
@@ -57,6 +59,46 @@ def _show(frame: dict[str, Any]) -> None:
         print(f"  [{seq}] {kind:<12} {text[:200]}")
 
 
+STEP_ICONS = {"llm": "think", "repl": "run", "delegate": "delegate", "tool": "tool", "output": "->"}
+
+
+def _show_step(step: dict[str, Any]) -> None:
+    """A child run's step, indented by its depth (the top level shows as chat events)."""
+    depth = step.get("depth", 0)
+    if depth == 0 and step.get("type") != "delegate":
+        return
+    detail = step.get("input", {}).get("code") or step.get("input", {}).get("query")
+    if not detail:
+        output = step.get("output", {})
+        detail = output.get("reasoning") or output.get("stdout") or output.get("error") or ""
+        detail = detail or output.get("answer") or output.get("code") or ""
+    first = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
+    kind = STEP_ICONS.get(step.get("type"), step.get("type"))
+    label = kind if step.get("type") == "delegate" else f"{kind} {step.get('label', '')}"
+    print(f"  {'    ' * depth}|{depth} {label:<22} {first[:110]}", flush=True)
+
+
+def _watch_steps(url: str, stop: threading.Event) -> None:
+    try:
+        with connect(url, max_size=None) as viewer:
+            while not stop.is_set():
+                try:
+                    frame = json.loads(viewer.recv(timeout=0.5))
+                except TimeoutError:
+                    continue
+                if frame.get("type") == "execution_step":
+                    _show_step(frame["step"])
+                elif frame.get("type") == "execution_completed":
+                    return
+    except Exception as exc:  # the steps are a bonus; the chat stream is what counts
+        print(f"  (execution stream unavailable: {exc})")
+
+
+def _ws_url(base: str, path: str, token: str | None, **query: str) -> str:
+    params = {**query, **({"access_token": token} if token else {})}
+    return base.replace("http", "ws", 1) + path + (f"?{urlencode(params)}" if params else "")
+
+
 def run_question(args: argparse.Namespace) -> int:
     session = args.session or f"cli-{uuid.uuid4().hex[:10]}"
     base = args.url.rstrip("/")
@@ -64,12 +106,23 @@ def run_question(args: argparse.Namespace) -> int:
         for doc in args.doc:
             _attach(client, session, Path(doc))
         status = client.get("/api/v1/runtime/status").json()
-    ws_url = base.replace("http", "ws", 1) + "/api/v1/ws/execution"
-    if args.token:
-        ws_url += f"?access_token={args.token}"
+        existing = client.get(f"/api/v1/sessions/{session}")
+        last_seq = existing.json()["last_seq"] if existing.status_code == 200 else 0
+    ws_url = _ws_url(base, "/api/v1/ws/execution", args.token)
     print(f"question: {args.question}")
     final: dict[str, Any] | None = None
     deadline = time.monotonic() + args.timeout
+    stop = threading.Event()
+    if not args.json:
+        steps_url = _ws_url(
+            base,
+            "/api/v1/ws/execution/events",
+            args.token,
+            session_id=session,
+            after_seq=str(last_seq),
+        )
+        watcher = threading.Thread(target=_watch_steps, args=(steps_url, stop), daemon=True)
+        watcher.start()
     with connect(ws_url, max_size=None) as ws:
         ws.send(json.dumps({"type": "message", "session_id": session, "content": args.question}))
         while time.monotonic() < deadline:
@@ -81,6 +134,9 @@ def run_question(args: argparse.Namespace) -> int:
             if data.get("kind") in TERMINAL:
                 final = data
                 break
+    if not args.json:
+        watcher.join(timeout=3.0)  # let the last child steps print before the answer
+    stop.set()
     if final is None:
         print("no answer within the timeout; the turn goes on: resume with the session id")
         return 1

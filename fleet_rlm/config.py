@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     sandbox_lease_timeout_s: float = 60.0
     sandbox_idle_reap_s: float = 300.0
 
+    # A question about a document larger than this is delegated before planning (0: never).
+    delegate_threshold_chars: int = 24_000
     rlm_max_depth: int = 2
     rlm_max_lm_calls: int = 50
     rlm_wall_time_s: float = 300.0

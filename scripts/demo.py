@@ -1,9 +1,10 @@
 """``make demo``: start the runtime, ask one real question over a real document, stop.
 
 It runs ``fleet-rlm serve`` (Ray, the Serve app, and MLflow in APP_ENV=local), waits for
-its ready line, runs ``fleet-rlm run`` with a licence text this machine ships, prints
-what that prints (the live events, the answer, the trace's span tree), and then stops
-the server it started, by its PID.
+its ready line, runs ``fleet-rlm run`` with a licence text this machine ships (larger
+than the embedded model's context, so the agent delegates it to a recursive run that
+writes Python in a sandbox), prints what that prints (the live events with the nested
+delegation, the answer, the trace's span tree), and stops the server it started.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PORT = os.environ.get("DEMO_PORT", "8000")
-DOC = os.environ.get("DEMO_DOC", "/usr/share/common-licenses/Apache-2.0")
+# Larger than the embedded model's context, so the agent delegates it to a recursive run.
+DOC = os.environ.get("DEMO_DOC", "/usr/share/common-licenses/GPL-3")
 QUESTION = os.environ.get(
     "DEMO_QUESTION",
-    "Search the Apache-2.0 document for patent litigation: what happens to your patent"
-    " licence if you sue someone?",
+    "In the GPL-3 licence, what must you provide when you convey object code?",
 )
+# Keep the demo to a couple of minutes on two cores with the embedded model.
+DEMO_ENV = {"AGENT_MAX_ITERS": "2", "RLM_MAX_ITERS": "3"}
 READY_TIMEOUT_S = 240
 
 
@@ -46,6 +49,7 @@ def main() -> int:
     server = subprocess.Popen(
         [str(BIN / "fleet-rlm"), "serve", "--host", "127.0.0.1", "--port", PORT],
         cwd=ROOT,
+        env={**DEMO_ENV, **os.environ},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -143,6 +143,19 @@ class ChildBridge:
         self.repl_step = None
 
     @contextlib.contextmanager
+    def execute_span(self, code: str) -> Iterator[None]:
+        """A span for one sandbox execute; bridge callbacks made during it nest under it."""
+        if not self.traced:
+            yield
+            return
+        import mlflow
+        from mlflow.entities import SpanType
+
+        with mlflow.start_span(name="sandbox.execute", span_type=SpanType.TOOL) as span:
+            span.set_inputs({"code": truncate(code, self.text_limit)})
+            yield
+
+    @contextlib.contextmanager
     def tool_span(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Iterator[None]:
         if name.startswith("llm_query"):
             preview = truncate(str(args[0] if args else kwargs), self.text_limit)

@@ -49,6 +49,23 @@ class Delegation:
             return doc.text if doc and doc.text else ""
         return ""
 
+    def large_document(self, message: str) -> str | None:
+        """The attached document this turn should start by delegating over, if any.
+
+        A document over ``DELEGATE_THRESHOLD_CHARS`` does not fit the planner's prompt, so
+        a question about it (named in the message, or the only one attached) goes to a
+        recursive run first, whatever the planner would pick: small models rarely pick it.
+        """
+        threshold = self.ctx.settings.delegate_threshold_chars
+        if threshold <= 0:
+            return None
+        docs = self.ctx.store.list_documents(self.ctx.turn.key, 100, None)
+        large = [d for d in docs if d.chars > threshold]
+        named = [d for d in large if d.name.lower() in message.lower()]
+        if named:
+            return named[0].name
+        return large[0].name if len(docs) == 1 and large else None
+
     def delegate_to_rlm(
         self, query: str, document: str = "", context: str = "", **_ignored: Any
     ) -> str:

@@ -13,6 +13,9 @@ class Respond(dspy.Signature):
 
     message: str = dspy.InputField(desc="the user's message")
     documents: str = dspy.InputField(desc="documents attached to this session: name (size)")
+    findings: str = dspy.InputField(
+        desc="what a recursive sub-model already found in documents too large to read here"
+    )
     answer: str = dspy.OutputField(desc="the reply to the user")
 
 
@@ -21,9 +24,9 @@ class FleetAgent(dspy.Module):
         super().__init__()
         self.react = dspy.ReAct(Respond, tools=tools, max_iters=max_iters)
 
-    def forward(self, message: str, documents: str) -> dspy.Prediction:
-        return self.react(message=message, documents=documents)
+    def forward(self, message: str, documents: str, findings: str = "") -> dspy.Prediction:
+        return self.react(message=message, documents=documents, findings=findings or "(none)")
 
-    def respond(self, message: str, documents: str) -> str:
+    def respond(self, message: str, documents: str, findings: str = "") -> str:
         """Run one turn and return the answer text."""
-        return str(self(message=message, documents=documents).answer)
+        return str(self(message=message, documents=documents, findings=findings).answer)

@@ -155,6 +155,11 @@ class LocalModelServer:
         params.ui = False
         params.offline = True  # never fetch a model or template from the network
         params.verbosity = _LLAMA_VERBOSITY
+        # A 135M model falls into loops ("The next task is: The next task is: ...") until
+        # max_tokens cuts its JSON short; repetition and DRY penalties break most loops.
+        params.sampling.penalty_repeat = 1.3
+        params.sampling.penalty_last_n = 128
+        params.sampling.dry_multiplier = 0.8
         return params
 
     def start(self) -> None:

@@ -34,6 +34,19 @@ def _check_lm(ctx: TurnContext) -> None:
         ctx.turn.budget.check_lm()
 
 
+def _delegate_first(ctx: TurnContext, delegation: Delegation) -> str:
+    """Delegate over a document too large for the planner before planning starts.
+
+    It goes through ``dspy.Tool`` so that it is a tool call like any other: events,
+    a TOOL span, cancellation checks.
+    """
+    document = delegation.large_document(ctx.turn.content)
+    if document is None:
+        return ""
+    tool = dspy.Tool(guarded_tool(ctx, delegation.delegate_to_rlm))
+    return str(tool(query=ctx.turn.content, document=document))
+
+
 def execute_turn(ctx: TurnContext) -> TurnOutcome:
     turn, settings = ctx.turn, ctx.settings
     key = turn.key
@@ -68,7 +81,8 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
                     callbacks=[*dspy.settings.callbacks, callback],
                 ),
             ):
-                answer = agent.respond(turn.content, tools.catalogue())
+                findings = _delegate_first(ctx, delegation)
+                answer = agent.respond(turn.content, tools.catalogue(), findings)
         except BudgetExceeded as exc:
             ctx.emitter.chat("status", exc.message, {"code": exc.code, "depth": 0})
             raise

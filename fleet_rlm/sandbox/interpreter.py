@@ -32,6 +32,8 @@ class StepReporter(Protocol):
 
     def tool_span(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any: ...
 
+    def execute_span(self, code: str) -> Any: ...
+
 
 class PoolInterpreter:
     def __init__(
@@ -74,12 +76,13 @@ class PoolInterpreter:
             self.lease_id, code, variables, list(self._tools), self.output_fields, self.timeout_s
         )
         result: ExecResult | None = None
-        for ref in stream:
-            message = ray.get(ref)
-            if message["type"] == "tool_request":
-                self._answer(message)
-            elif message["type"] == "done":
-                result = ExecResult(**message["result"])
+        with self.reporter.execute_span(code):
+            for ref in stream:
+                message = ray.get(ref)
+                if message["type"] == "tool_request":
+                    self._answer(message)
+                elif message["type"] == "done":
+                    result = ExecResult(**message["result"])
         if result is None:
             raise CodeInterpreterError("the sandbox pool ended the run without a result")
         self.reporter.repl_finished(result)

@@ -56,6 +56,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Setti
         session_idle_timeout_s=4.0,
         cancel_grace_s=1.0,
         viewer_queue_frames=200,
+        delegate_threshold_chars=0,  # the scripted planner chooses; one test turns it on
     )
 
 

@@ -83,3 +83,19 @@ async def test_wall_time_limit_stops_a_slow_branch(settings: Settings, base_url:
     assert elapsed < 30, "the slow model call should have been cut off at the wall-time limit"
     limits = [s for s in _steps(entries) if s["label"] == "limit" and s["depth"] == 1]
     assert [s["output"]["code"] for s in limits] == ["wall_time_exceeded"]
+
+
+async def test_large_document_is_delegated_before_planning(
+    settings: Settings, base_url: str
+) -> None:
+    routed = settings.model_copy(update={"delegate_threshold_chars": 10_000})
+    entries = await _run_turn(routed, "ZETA6: what does the big document say?")
+    calls = _chat(entries, "tool_call")
+    assert calls and calls[0]["payload"]["tool"] == "delegate_to_rlm"
+    assert calls[0]["payload"]["args"]["document"] == "big"
+    results = _chat(entries, "tool_result")
+    assert results[0]["text"] == "FLAT-OK"
+    steps = _steps(entries)
+    assert steps[0]["type"] == "delegate" and steps[0]["depth"] == 0
+    assert any(s["depth"] == 1 for s in steps)
+    assert _chat(entries, "final")
