@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from fleet_rlm.agent.lm import describe_models
@@ -29,6 +30,17 @@ def _planner_state(rt: Runtime) -> str:
     )
 
 
+@functools.cache
+def sandbox_isolation(provider: str) -> dict[str, Any]:
+    """What confinement sandboxes get on this host (probed once per process)."""
+    if provider == "daytona":
+        return {"provider": "daytona", "network": "provider-managed", "isolated": True}
+    from fleet_rlm.sandbox.limits import probe_isolation
+
+    facts = probe_isolation()
+    return {**facts.describe(), "isolated": facts.own_network}
+
+
 async def readiness(rt: Runtime) -> dict[str, Any]:
     database, _ = await asyncio.to_thread(_database_state, rt)
     planner = _planner_state(rt)
@@ -40,6 +52,8 @@ async def readiness(rt: Runtime) -> dict[str, Any]:
         "database": database,
         "database_required": rt.settings.database_required,
         "sandbox_provider": rt.settings.sandbox_provider,
+        # false: local sandboxes share the host's network (the server is not root on Linux)
+        "sandbox_network_isolated": sandbox_isolation(rt.settings.sandbox_provider)["isolated"],
     }
 
 
@@ -57,6 +71,12 @@ async def runtime_status(rt: Runtime) -> dict[str, Any]:
         guidance.append(
             "llm: using the embedded SmolLM2-135M model, which is fast but weak; set"
             " DSPY_LM_MODEL (and DSPY_LM_API_BASE / DSPY_LM_API_KEY) for real answers"
+        )
+    sandbox = sandbox_isolation(s.sandbox_provider)
+    if not sandbox["isolated"]:
+        guidance.append(
+            "sandbox: local sandboxes are not in their own network namespace (run the server as"
+            " root on Linux, or use SANDBOX_PROVIDER=daytona); their code can reach the network"
         )
     if s.sandbox_provider == "daytona" and not s.daytona_api_key:
         guidance.append("daytona: set DAYTONA_API_KEY, DAYTONA_API_URL and DAYTONA_TARGET")
@@ -77,6 +97,7 @@ async def runtime_status(rt: Runtime) -> dict[str, Any]:
             "api_url_set": bool(s.daytona_api_url),
             "target_set": bool(s.daytona_target),
         },
+        "sandbox": sandbox,
         "tests": {"lm": None, "daytona": None},
         "guidance": guidance,
     }

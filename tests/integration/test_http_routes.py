@@ -289,7 +289,9 @@ def test_ready_body_has_the_protocol_keys(base_url: str) -> None:
         "database",
         "database_required",
         "sandbox_provider",
+        "sandbox_network_isolated",  # this product's addition (docs/protocol-notes.md)
     }
+    assert isinstance(body["sandbox_network_isolated"], bool)
     states = {"ready", "missing", "degraded", "disabled"}
     assert body["planner"] in states and body["database"] in states
     assert body["sandbox_provider"] in {"local", "daytona"}
