@@ -6,6 +6,7 @@ Built once per replica process (``Runtime.start``), shared by every route and so
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from fleet_rlm.config import Settings
@@ -14,6 +15,15 @@ from fleet_rlm.runtime.hub import Hub
 from fleet_rlm.store import Store
 
 logger = logging.getLogger(__name__)
+
+
+def _private_data_dir(settings: Settings) -> None:
+    """Keep the data folder (SQLite file, MLflow store) readable by the server's user only;
+    local sandboxes run under other uids."""
+    path = settings.data_dir
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(0o700)
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
         settings.check_safe()
+        _private_data_dir(settings)
         store = Store.from_settings(settings)
         store.migrate()
         actors = SessionActors(settings)

@@ -65,7 +65,7 @@ class MlflowServer:
         ]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.data_dir / "mlflow-server.log"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         logger.info("starting MLflow server on %s:%d (log: %s)", self.host, self.port, log_path)

@@ -20,7 +20,10 @@ from pathlib import Path
 from fleet_rlm.config import Settings
 
 CLONE_NEWNET = 0x40000000
-NOBODY = 65534
+# Each sandbox gets a uid of its own from this range (no passwd entry needed), so that
+# sandboxes cannot read, write or signal one another, RLIMIT_NPROC is per sandbox, and
+# every process a sandbox starts can be found and killed by its uid.
+SANDBOX_UIDS = range(61000, 62000)
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -55,7 +58,7 @@ class Isolation:
         return {
             "provider": "local",
             "python": self.python,
-            "user": "nobody" if self.drop_to_nobody else "the server's user",
+            "user": "a uid of its own per sandbox" if self.drop_to_nobody else "the server's user",
             "network": "none (own network namespace)"
             if self.own_network
             else "host network: not isolated (needs root on Linux)",
@@ -93,7 +96,7 @@ def probe_isolation() -> Isolation:
     )
 
 
-def confine(limits: SandboxLimits, isolation: Isolation) -> None:
+def confine(limits: SandboxLimits, isolation: Isolation, uid: int | None) -> None:
     """Runs in the sandbox child before exec; must not touch Python-level locks."""
     os.setsid()
     if isolation.own_network:
@@ -103,18 +106,18 @@ def confine(limits: SandboxLimits, isolation: Isolation) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * mb, limits.file_mb * mb))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if isolation.drop_to_nobody:
+    if uid is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_procs, limits.max_procs))
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(uid)
+        os.setuid(uid)
 
 
-def prepare_workdir(base: Path, isolation: Isolation) -> Path:
+def prepare_workdir(base: Path, uid: int | None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o711)
     workdir = Path(tempfile.mkdtemp(prefix="sbx-", dir=base))
-    if isolation.drop_to_nobody:
-        os.chown(workdir, NOBODY, NOBODY)
+    if uid is not None:
+        os.chown(workdir, uid, uid)
     os.chmod(workdir, 0o700)
     return workdir

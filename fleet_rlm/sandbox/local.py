@@ -15,12 +15,17 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from fleet_rlm.sandbox.limits import (
+    SANDBOX_UIDS,
     Isolation,
     SandboxLimits,
     confine,
@@ -42,14 +47,44 @@ _SIGNALS = {
 }
 
 
+def kill_uid(uid: int) -> int:
+    """SIGKILL every process running as ``uid`` (a sandbox's own); returns how many."""
+    killed = 0
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] and proc.info["uids"].real == uid:
+                proc.kill()
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return killed
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a sandbox's directory, however deep the code made it."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except (RecursionError, OSError):
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
 class LocalSandbox:
     def __init__(
-        self, process: asyncio.subprocess.Process, workdir: Path, limits: SandboxLimits
+        self,
+        process: asyncio.subprocess.Process,
+        workdir: Path,
+        limits: SandboxLimits,
+        uid: int | None = None,
+        on_close: Callable[[int | None], None] | None = None,
     ) -> None:
         self.sandbox_id = f"local-{uuid.uuid4().hex[:12]}"
         self.process = process
         self.workdir = workdir
         self.limits = limits
+        self.uid = uid
+        self._on_close = on_close
         self.executes = 0
         self._closed = False
 
@@ -66,7 +101,10 @@ class LocalSandbox:
         line = await asyncio.wait_for(self.process.stdout.readline(), remaining)
         if not line:
             return None
-        return json.loads(line)
+        message = json.loads(line)
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ValueError(f"not a message: {line[:80]!r}")
+        return message
 
     async def wait_ready(self) -> None:
         message = await self._receive(time.monotonic() + READY_TIMEOUT_S)
@@ -170,15 +208,24 @@ class LocalSandbox:
         return not self._closed and self.process.returncode is None
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self.process.returncode is None:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.uid is not None:  # whatever left the process group still has the uid
+            await asyncio.to_thread(kill_uid, self.uid)
+        try:
+            await asyncio.wait_for(self.process.wait(), 5.0)
+        except TimeoutError:
+            logger.warning(
+                "sandbox %s: process %d did not go away", self.sandbox_id, self.process.pid
+            )
+        await asyncio.to_thread(remove_tree, self.workdir)
+        if self._on_close is not None:
+            self._on_close(self.uid)
 
 
 class LocalProvider:
@@ -188,12 +235,31 @@ class LocalProvider:
         self.limits = limits
         self.base_dir = base_dir
         self.isolation_facts: Isolation = probe_isolation()
+        self._uids_in_use: set[int] = set()
+
+    def _take_uid(self) -> int | None:
+        if not self.isolation_facts.drop_to_nobody:
+            return None
+        for uid in SANDBOX_UIDS:
+            if uid not in self._uids_in_use:
+                kill_uid(uid)  # a leftover of an earlier server, if any
+                self._uids_in_use.add(uid)
+                return uid
+        raise SandboxError(f"all {len(SANDBOX_UIDS)} sandbox uids are in use")
+
+    def _give_uid(self, uid: int | None) -> None:
+        self._uids_in_use.discard(uid)
 
     def isolation(self) -> dict[str, Any]:
         return self.isolation_facts.describe()
 
     async def create(self, spec: SandboxSpec) -> LocalSandbox:
-        workdir = prepare_workdir(self.base_dir, self.isolation_facts)
+        uid = self._take_uid()
+        try:
+            workdir = prepare_workdir(self.base_dir, uid)
+        except OSError as exc:
+            self._give_uid(uid)
+            raise SandboxError(f"could not make a sandbox directory: {exc}") from exc
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": str(workdir),
@@ -213,13 +279,14 @@ class LocalProvider:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
-                preexec_fn=lambda: confine(limits, isolation),
+                preexec_fn=lambda: confine(limits, isolation, uid),
                 limit=LINE_LIMIT,
             )
         except OSError as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
+            self._give_uid(uid)
             raise SandboxError(f"could not start a sandbox process: {exc}") from exc
-        sandbox = LocalSandbox(process, workdir, self.limits)
+        sandbox = LocalSandbox(process, workdir, self.limits, uid, self._give_uid)
         try:
             await sandbox.wait_ready()
         except BaseException:
