@@ -44,8 +44,6 @@ def serve_forever(host: str, port: int, replicas: int = 1) -> int:
     settings = Settings()
     settings.check_safe()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
 
     from fleet_rlm.observability.mlflow_server import ensure_mlflow_server
 
@@ -56,10 +54,15 @@ def serve_forever(host: str, port: int, replicas: int = 1) -> int:
     started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     logger.info("starting %s Ray", "a local" if started_ray else "a connection to")
     ray.init(
+        # "local": a new Ray of our own, never a cluster found on this machine by accident
+        address=os.environ.get("RAY_ADDRESS") or "local",
         namespace=settings.ray_namespace,
         include_dashboard=False,
         **({"_node_ip_address": "127.0.0.1"} if started_ray else {}),
     )
+    # After ray.init, which installs a SIGTERM handler of its own that crashes the driver.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         from fleet_rlm.serve import APP_NAME, FleetIngress
 

@@ -41,6 +41,15 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _bounded(args: Any, limit: int = RESULT_LIMIT) -> Any:
+    """Tool arguments for an event: each string cut to ``limit`` characters."""
+    if isinstance(args, dict):
+        return {k: _bounded(v, limit) for k, v in args.items()}
+    if isinstance(args, list):
+        return [_bounded(v, limit) for v in args[:50]]
+    return truncate(args, limit) if isinstance(args, str) else args
+
+
 class TurnEventCallback(BaseCallback):
     def __init__(self, ctx: TurnContext) -> None:
         self.ctx = ctx
@@ -64,7 +73,7 @@ class TurnEventCallback(BaseCallback):
         self.parent_step = self.ctx.emitter.step(
             "llm",
             "plan",
-            output={"thought": text, "tool": tool, "args": _jsonable(args)},
+            output={"thought": text, "tool": tool, "args": _bounded(_jsonable(args))},
             span_id=active_span_id(),
         )
 
@@ -72,7 +81,7 @@ class TurnEventCallback(BaseCallback):
         name = getattr(instance, "name", "tool")
         if name in SILENT_TOOLS:
             return
-        args = _jsonable(inputs.get("kwargs", inputs))
+        args = _bounded(_jsonable(inputs.get("kwargs", inputs)))
         self._tools[call_id] = (name, args)
         self.ctx.emitter.chat("tool_call", name, {"tool": name, "args": args})
 

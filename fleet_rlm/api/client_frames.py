@@ -81,6 +81,16 @@ def _after_seq(raw: dict[str, Any], session_id: str) -> int:
     return value
 
 
+def _valid_unicode(raw: dict[str, Any]) -> bool:
+    for value in raw.values():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
 def parse_client_frame(text: str | bytes | None, max_content_bytes: int) -> ClientFrame:
     if text is None:
         raise FrameError("binary_not_supported", "send JSON text frames, not binary frames")
@@ -90,6 +100,8 @@ def parse_client_frame(text: str | bytes | None, max_content_bytes: int) -> Clie
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise FrameError("invalid_json", "the frame is not valid JSON") from None
+    except RecursionError:
+        raise FrameError("invalid_json", "the frame nests too deeply") from None
     if not isinstance(raw, dict):
         raise FrameError("invalid_frame", "a frame must be a JSON object")
     kind = raw.get("type")
@@ -107,6 +119,10 @@ def parse_client_frame(text: str | bytes | None, max_content_bytes: int) -> Clie
     unknown = raw.keys() - KNOWN_FIELDS[kind]
     if unknown:
         raise FrameError("unknown_field", f"'{kind}' does not take {sorted(unknown)}")
+    if not _valid_unicode(raw):
+        raise FrameError(
+            "invalid_field", "a string in the frame is not valid Unicode (a lone surrogate?)"
+        )
     if kind == "ping":
         return ClientFrame("ping")
     session_id = _session_id(raw)

@@ -109,7 +109,10 @@ async def delete_session(request: Request) -> Response:
     rt = runtime_of(request)
     if rt.store.get_session(key) is None:
         raise NotFoundError(f"no session {key.session_id!r} of yours")
-    await rt.actors.kill(key)
+    await rt.actors.kill(key)  # a running turn ends with `cancelled` first
+    rt.hub.end_session(
+        key, FleetError(f"session {key.session_id} was deleted", code="session_deleted")
+    )
     rt.store.delete_session(key)
     return Response(status_code=204)
 
@@ -144,10 +147,20 @@ def _document_request(body: bytes) -> tuple[str, str]:
         raise InvalidRequestError(
             f"'name' must be 1 to {DOCUMENT_NAME_MAX} characters without slashes"
         )
-    if "\\" in name or name.strip() != name or not name.strip():
-        raise InvalidRequestError("'name' may not contain backslashes or surrounding spaces")
+    if "\\" in name or name.strip() != name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRequestError(
+            "'name' may not contain backslashes, control characters or surrounding spaces"
+        )
+    if name in (".", ".."):
+        raise InvalidRequestError("'name' may not be '.' or '..'")
     if not isinstance(text, str):
         raise InvalidRequestError("'text' must be a string")
+    try:
+        name.encode("utf-8"), text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            "'name' and 'text' must be valid Unicode (no lone surrogates)"
+        ) from None
     return name, text
 
 
@@ -155,7 +168,8 @@ async def put_document(request: Request) -> JSONResponse:
     key = session_key(request)
     rt = runtime_of(request)
     limit = rt.settings.document_max_bytes
-    body = await _read_body(request, limit + 64 * 1024)
+    # JSON may spend up to 6 bytes on one byte of text (\u00e9, \"): the limit is the text's.
+    body = await _read_body(request, 6 * limit + 64 * 1024)
     name, text = _document_request(body)
     if len(text.encode()) > limit:
         raise DocumentTooLargeError(f"the document is over {limit} bytes; split it or trim it")

@@ -40,7 +40,7 @@ class Runtime:
         store = Store.from_settings(settings)
         store.migrate()
         actors = SessionActors(settings)
-        hub = Hub(actors, settings.viewer_queue_frames)
+        hub = Hub(actors, settings.viewer_queue_frames, store)
         logger.info(
             "runtime up: app_env=%s auth_required=%s database=%s",
             settings.app_env,

@@ -68,6 +68,8 @@ class ChatConnection:
         if frame.type == "resume":
             await self.subscribe(key, frame.after_seq)
         elif frame.type == "message":
+            # The message creates the session's record, so the feed has an actor to follow.
+            await asyncio.to_thread(self.rt.store.ensure_session, key)
             if frame.session_id not in self.pumps:
                 await self.subscribe(key, None)
             answer = await self.rt.actors.call(
@@ -76,6 +78,12 @@ class ChatConnection:
             if not answer["ok"]:
                 await self.refuse(key, answer)
         elif frame.type == "cancel":
+            if await asyncio.to_thread(self.rt.store.get_session, key) is None:
+                await self.refuse(
+                    key,
+                    {"code": "no_turn_running", "message": "no turn is running in this session"},
+                )
+                return
             answer = await self.rt.actors.call(key, "cancel")
             if not answer["ok"]:
                 await self.refuse(key, answer)
@@ -129,6 +137,15 @@ class ChatConnection:
             )
         except asyncio.CancelledError:
             raise
+        except FleetError as exc:  # the session was deleted, or could not be reached
+            await self.sender.send(
+                {
+                    "type": "error",
+                    "code": exc.code,
+                    "message": exc.message,
+                    "session_id": key.session_id,
+                }
+            )
         except Exception as exc:
             logger.warning("session %s: chat stream failed: %r", key.session_id, exc)
             await self.sender.send(

@@ -30,7 +30,10 @@ async def handshake(ws: WebSocket) -> Principal | None:
             )
         principal = authenticate(ws, settings, websocket=True)
     except AuthError as exc:
+        # Accept, then close with 1008 before any frame: a refused handshake would be a bare
+        # HTTP 403, and a client could not tell an expired token from a forged one.
         logger.info("websocket refused: %s", exc.code)
+        await ws.accept()
         await ws.close(code=POLICY_VIOLATION, reason=exc.code)
         return None
     await ws.accept()

@@ -84,15 +84,15 @@ def chat_event(
 ) -> dict[str, Any]:
     data = {
         "kind": kind,
-        "text": text,
-        "payload": payload or {},
-        "session_id": key.session_id,
+        "text": redact(text),
+        "payload": redact(payload or {}),
+        "session_id": key.session_id,  # ids are never redacted: clients route by them
         "turn_index": turn_index,
         "seq": seq,
         "timestamp": iso_now(),
         "trace_id": trace_id,
     }
-    return {"type": "event", "data": redact(data)}
+    return {"type": "event", "data": data}
 
 
 def execution_started(
@@ -124,12 +124,9 @@ def execution_step(
         "timestamp": step.get("timestamp", time.time()),
         "span_id": step.get("span_id"),
     }
-    return {
-        "type": "execution_step",
-        "run_id": key.run_id(turn_index),
-        "seq": seq,
-        "step": redact(full),
-    }
+    for part in ("label", "input", "output"):
+        full[part] = redact(full[part])
+    return {"type": "execution_step", "run_id": key.run_id(turn_index), "seq": seq, "step": full}
 
 
 def execution_completed(

@@ -20,10 +20,12 @@ import ray
 
 from fleet_rlm.identity import SessionKey
 from fleet_rlm.runtime.actors import SessionActors
+from fleet_rlm.store import Store
 
 logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 10.0
+DORMANT_POLL_S = 0.5
 Entry = dict[str, Any]
 
 
@@ -59,6 +61,8 @@ class Subscription:
 
     async def _replay(self) -> AsyncIterator[Entry]:
         cursor = self.after_seq
+        if not self.feed.hub.has_record(self.feed.key):
+            return  # nothing was ever said in it, and no actor is started to say so
         while True:
             answer = await self.feed.actors.call(self.feed.key, "read_events", cursor)
             entries = answer.get("entries", [])
@@ -102,12 +106,24 @@ class Feed:
         if not self.subs:
             self.hub.drop(self)
 
+    async def _dormant(self) -> bool:
+        """Until the session has a record (a message or a document made it), wait without
+        an actor: watching or resuming an unused id must not start a process. False when
+        the last subscriber left first."""
+        while not self.hub.has_record(self.key):
+            if not self.subs:
+                return False
+            await asyncio.sleep(DORMANT_POLL_S)
+        return True
+
     async def _poll(self) -> None:
         logger.info("session %s: feed started at seq %d", self.key.session_id, self.cursor)
         try:
+            if not await self._dormant():
+                return
             while True:
                 answer = await self.actors.call(
-                    self.key, "wait_events", self.cursor, POLL_TIMEOUT_S
+                    self.key, "wait_events", self.cursor, POLL_TIMEOUT_S, inflight=self.inflight
                 )
                 for entry in answer.get("entries", []):
                     self.cursor = max(self.cursor, entry["seq"])
@@ -128,30 +144,52 @@ class Feed:
 class Hub:
     """One per replica process: the feeds of the sessions its sockets watch."""
 
-    def __init__(self, actors: SessionActors, queue_frames: int) -> None:
+    def __init__(self, actors: SessionActors, queue_frames: int, store: Store) -> None:
         self.actors = actors
         self.queue_frames = queue_frames
+        self.store = store
         self._feeds: dict[SessionKey, Feed] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[SessionKey, asyncio.Lock] = {}
 
     async def subscribe(
         self, key: SessionKey, after_seq: int | None, channel: str | None
     ) -> Subscription:
         """Attach to ``key``'s feed. ``after_seq=None`` means: from now on."""
-        async with self._lock:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
             feed = self._feeds.get(key)
             if feed is None or feed.task.done():
-                snap = await self.actors.call(key, "snapshot")
-                feed = Feed(self, key, snap["last_seq"])
+                last = await self._last_seq(key)
+                feed = Feed(self, key, last)
                 self._feeds[key] = feed
-                start = snap["last_seq"] if after_seq is None else after_seq
+                start = last if after_seq is None else min(after_seq, last)
             elif after_seq is None:
-                start = (await self.actors.call(key, "snapshot"))["last_seq"]
+                start = await self._last_seq(key)
             else:
                 start = after_seq
+            if after_seq is not None and after_seq > feed.cursor:
+                # Past the end (a stale or invented seq): from the end, not never.
+                start = min(after_seq, await self._last_seq(key))
             sub = Subscription(feed, start, channel, self.queue_frames)
             feed.subs.add(sub)
         return sub
+
+    def has_record(self, key: SessionKey) -> bool:
+        return self.store.get_session(key) is not None
+
+    async def _last_seq(self, key: SessionKey) -> int:
+        if not self.has_record(key):
+            return 0
+        return (await self.actors.call(key, "snapshot"))["last_seq"]
+
+    def end_session(self, key: SessionKey, reason: Exception) -> None:
+        """The session was deleted: fail its subscribers here and forget its feed."""
+        feed = self._feeds.get(key)
+        if feed is None:
+            return
+        for sub in list(feed.subs):
+            sub.fail(reason)
+        self.drop(feed)
 
     def drop(self, feed: Feed) -> None:
         if self._feeds.get(feed.key) is feed:

@@ -109,10 +109,16 @@ class SessionActor:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def close(self) -> dict[str, Any]:
-        """Stop accepting work (the session is being deleted); cancel a running turn."""
+        """Stop accepting work (the session is being deleted); a running turn ends now with
+        ``cancelled``, so that every viewer sees exactly one terminal event for it."""
         self._closing = True
-        if self._turn is not None:
-            self._turn.cancel_requested.set()
+        turn = self._turn
+        if turn is not None:
+            turn.cancel_requested.set()
+            if turn.budget is not None:
+                turn.budget.cancelled = True
+            self._stop_sandboxes(turn)
+            self._finish(turn, "cancelled", "The session was deleted.", {"reason": "deleted"})
             if self._cancel_wakeup is not None:
                 self._cancel_wakeup.set()
         return {"ok": True}

@@ -2,15 +2,17 @@
 to make a healthy sandbox.
 
 No Ray: a ``LocalProvider`` is driven directly on the test's event loop. The tests run as root, so
-every sandbox is a ``nobody`` process in its own network namespace with resource limits (the OS
-wall) and runs its code under the runner's audit hook (the hook wall). ``ATTACKS`` are stopped by
-the hook; ``OS_WALL`` repeats the dangerous ones after switching the hook off from inside the
-sandbox (which the product does not prevent: see the xfail cases) to check that the OS wall holds
-on its own.
+every sandbox is a process with a uid of its own (``SANDBOX_UIDS``), in its own network namespace,
+with resource limits (the OS wall), and its code runs under the runner's audit hook (the hook
+wall). ``ATTACKS`` are stopped by the hook; ``OS_WALL`` repeats the dangerous ones after switching
+the hook off from inside the sandbox (which the product does not prevent: see the xfail cases) to
+check that the OS wall holds on its own.
 
 Everything the attacks aim at is the sandbox itself or something set up here: files in
 ``tmp_path`` and in a directory made under the system temp folder, a listener on 127.0.0.1, and
-this test process (the sandbox's parent), which must survive and receive no signal.
+this test process (the sandbox's parent), which must survive and receive no signal. The provider
+SIGKILLs whatever runs under a uid it hands out, so the module refuses to run while another
+server's sandboxes hold uids of that range on this host.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ from typing import Any
 import psutil
 import pytest
 
-from fleet_rlm.sandbox.limits import SandboxLimits
+from fleet_rlm.sandbox.limits import SANDBOX_UIDS, SandboxLimits
 from fleet_rlm.sandbox.local import LocalProvider, LocalSandbox
 from fleet_rlm.sandbox.protocol import ExecResult, ResultKind, SandboxSpec
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not sys.platform.startswith("linux"),
-    reason="the local sandbox drops to nobody in its own network namespace only as root on Linux",
+    reason="the local sandbox drops to a uid of its own in its own network namespace only as root",
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +51,6 @@ LIMITS = SandboxLimits(
 )
 SECRET_ENV = "FLEET_HOSTILE_TEST_TOKEN"
 SECRET = "sk-hostile-7f3a9c1e-do-not-leak"
-NOBODY = 65534
 # The runner's private copy of its stdout: fds 0-2 are taken, so os.dup(0) is 3 and os.dup(1) is 4.
 CHANNEL_OUT_FD = 4
 # Switches the audit hook off from inside the sandbox: the runner is ``__main__`` and the hook
@@ -101,9 +102,29 @@ class Targets:
         return reached
 
 
+def foreign_sandbox_processes() -> list[psutil.Process]:
+    """Processes holding sandbox uids that this process did not start (through its own Ray too)."""
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        uids = process.info["uids"]
+        if uids is None or uids.real not in SANDBOX_UIDS:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if os.getpid() not in {parent.pid for parent in process.parents()}:
+                found.append(process)
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_other_servers_sandboxes() -> None:
+    """Creating a sandbox kills what runs under its uid: never another server's sandbox."""
+    if others := foreign_sandbox_processes():
+        pytest.skip(f"{len(others)} processes of another server hold sandbox uids on this host")
+
+
 @pytest.fixture(scope="module")
 def base_dir() -> Iterator[Path]:
-    # Under the system temp folder, as in the product: nobody must traverse every ancestor.
+    # Under the system temp folder, as in the product: sandbox uids must traverse every ancestor.
     base = Path(tempfile.mkdtemp(prefix="fleet-hostile-"))
     yield base
     subprocess.run(["rm", "-rf", str(base)], check=True)  # copes with any depth
@@ -185,19 +206,19 @@ async def assert_closed(box: LocalSandbox) -> None:
 # --- the provider and the sandbox's own features ----------------------------------------------
 
 
-def test_isolation_report_says_nobody_own_network_and_limits(provider: LocalProvider) -> None:
+def test_isolation_report_says_own_uid_own_network_and_limits(provider: LocalProvider) -> None:
     assert provider.isolation() == {
         "provider": "local",
         "python": "/usr/bin/python3",
-        "user": "nobody",
+        "user": "a uid of its own per sandbox",
         "network": "none (own network namespace)",
         "audit_hook": True,
         "rlimits": ["cpu", "address space", "file size", "processes"],
     }
 
 
-async def test_sandbox_runs_as_nobody_with_the_limits_and_no_host_descriptors(
-    sandbox: LocalSandbox,
+async def test_each_sandbox_has_its_own_uid_the_limits_and_no_host_descriptors(
+    provider: LocalProvider,
 ) -> None:
     code = """\
 import os, resource
@@ -207,15 +228,18 @@ names = ("CPU", "AS", "FSIZE", "NPROC")
 print([resource.getrlimit(getattr(resource, "RLIMIT_" + name))[0] for name in names])
 print(sorted({os.readlink(f"/proc/self/fd/{fd}").split(":")[0] for fd in fds}))
 """
-    result = await run(sandbox, code)
+    boxes = [await provider.create(SandboxSpec()) for _ in range(2)]
+    try:
+        seen = [(await run(box, code)).stdout.splitlines() for box in boxes]
+    finally:
+        for box in boxes:
+            await assert_closed(box)
+    uids = [int(lines[0].split()[0]) for lines in seen]
+    assert uids[0] != uids[1] and all(uid in SANDBOX_UIDS for uid in uids), seen
     mb = 1024 * 1024
     limits = [LIMITS.cpu_s, LIMITS.memory_mb * mb, LIMITS.file_mb * mb, LIMITS.max_procs]
-    assert result.stdout.splitlines() == [
-        f"{NOBODY} {NOBODY} []",
-        str(limits),
-        "['/dev/null', 'pipe']",
-    ], result
-    assert psutil.Process(sandbox.process.pid).username() == "nobody"
+    for uid, lines in zip(uids, seen, strict=True):
+        assert lines == [f"{uid} {uid} []", str(limits), "['/dev/null', 'pipe']"], lines
 
 
 async def test_variables_persist_across_executes(sandbox: LocalSandbox) -> None:
@@ -402,12 +426,17 @@ ATTACKS = {
     "submit-over-the-line-limit": Attack(
         "SUBMIT(answer='x' * 68_000_000)", "crashed", "the sandbox broke its protocol"
     ),
+    "json-array-on-the-channel": Attack(
+        f"import os\nos.write({CHANNEL_OUT_FD}, b'[1]\\n')", "crashed", "not a message"
+    ),
+    "json-string-on-the-channel": Attack(
+        f"import os\nos.write({CHANNEL_OUT_FD}, b'\"result\"\\n')", "crashed", "not a message"
+    ),
 }
 
 MALFORMED_FRAME = (
-    "LocalSandbox.execute raises instead of returning kind='crashed' when the code writes a JSON"
-    " line that is not a message object (protocol.py: an execute never raises for anything the"
-    " code did); the pool's execute stream then fails and the desynchronised sandbox stays leased"
+    "LocalSandbox.execute raises instead of returning kind='crashed' (protocol.py: an execute never"
+    " raises for anything the code did), and the pool's execute stream fails with it"
 )
 HOOK_GAP = "the audit hook can be bypassed from sandbox code"
 HOOK_BYPASSES = [
@@ -445,23 +474,31 @@ HOOK_BYPASSES = [
         marks=pytest.mark.xfail(
             strict=True,
             reason=f"{HOOK_GAP}: os.mkfifo (and os.mknod) raise no audit event the hook checks,"
-            " so the code creates entries in any directory nobody may write",
+            " so the code creates entries in any world-writable directory",
         ),
     ),
-    *(
-        pytest.param(
-            f"import os\nos.write({CHANNEL_OUT_FD}, {frame!r} + b'\\n')",
-            "crashed",
-            "broke its protocol",
-            id=f"frame-{name}",
-            marks=pytest.mark.xfail(strict=True, reason=MALFORMED_FRAME),
-        )
-        for name, frame in (
-            ("json-array", b"[1]"),
-            ("json-string", b'"result"'),
-            ("tool-request-without-id", b'{"type": "tool_request"}'),
-            ("deeply-nested", b"[" * 100_000),
-        )
+]
+
+BAD_FRAMES = [
+    pytest.param(
+        f'import os\nos.write({CHANNEL_OUT_FD}, b\'{{"type": "tool_request"}}\\n\')',
+        "crashed",
+        "broke its protocol",
+        id="tool-request-without-id",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=f"{MALFORMED_FRAME}: KeyError 'id' from _answer_tool's error path",
+        ),
+    ),
+    pytest.param(
+        f"import os\nos.write({CHANNEL_OUT_FD}, b'[' * 100_000 + b'\\n')",
+        "crashed",
+        "broke its protocol",
+        id="deeply-nested-json",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=f"{MALFORMED_FRAME}: RecursionError from json.loads in _receive is not caught",
+        ),
     ),
 ]
 
@@ -510,6 +547,13 @@ async def test_attack_is_contained_and_reported(
         assert len(result.stdout) < LIMITS.output_bytes + 100
 
 
+@pytest.mark.parametrize(("code", "kind", "says"), BAD_FRAMES)
+async def test_bad_frame_from_the_code_ends_the_execute_as_crashed(
+    provider: LocalProvider, targets: Targets, code: str, kind: ResultKind, says: str
+) -> None:
+    await _contained(provider, targets, Attack(code, kind, says))
+
+
 @pytest.mark.parametrize(("code", "kind", "says"), HOOK_BYPASSES)
 async def test_hook_cannot_be_bypassed(
     provider: LocalProvider, targets: Targets, code: str, kind: ResultKind, says: str
@@ -530,11 +574,6 @@ async def test_cpu_limit_stops_a_busy_loop(base_dir: Path) -> None:
         await assert_closed(box)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalSandbox.close raises RecursionError (shutil.rmtree recurses once per level) when"
-    " the code made its working directory ~1500 levels deep, and the directory is left behind",
-)
 async def test_close_removes_a_deeply_nested_workdir(provider: LocalProvider) -> None:
     box = await provider.create(SandboxSpec())
     code = """\
@@ -614,11 +653,6 @@ async def test_os_wall_holds_without_the_hook(
     await _contained(provider, targets, attack, prefix=HOOK_OFF)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every local sandbox runs as the same uid (nobody): with the hook off, one sandbox"
-    " reads and writes another's working directory through /proc/<pid>/cwd and can signal it",
-)
 async def test_one_sandbox_cannot_reach_another(provider: LocalProvider) -> None:
     victim = await provider.create(SandboxSpec())
     attacker = await provider.create(SandboxSpec())
@@ -687,16 +721,11 @@ class Escapee:
         return process is not None and process.is_running() and process.status() != "zombie"
 
     def kill(self) -> None:
-        if self.alive() and self.process is not None and self.process.username() == "nobody":
-            self.process.kill()
+        process = self.process
+        if self.alive() and process is not None and process.uids().real in SANDBOX_UIDS:
+            process.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalSandbox.close kills only the sandbox's process group: with the hook off, a"
-    " grandchild that calls os.setsid() and closes its inherited pipes outlives close (and the"
-    " pool's bound on sandboxes)",
-)
 async def test_no_process_outlives_close(provider: LocalProvider) -> None:
     box = await provider.create(SandboxSpec())
     escapee = Escapee(box.workdir)
@@ -712,12 +741,6 @@ async def test_no_process_outlives_close(provider: LocalProvider) -> None:
         await box.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the hook off, a grandchild that leaves the process group but keeps the"
-    " sandbox's stdout pipe makes LocalSandbox.close wait for it (asyncio's process.wait waits"
-    " for the pipes), so an endless loop's 2 s wall-clock limit never returns",
-)
 async def test_wall_clock_limit_holds_when_a_child_keeps_the_pipes(
     provider: LocalProvider,
 ) -> None:
@@ -728,6 +751,7 @@ async def test_wall_clock_limit_holds_when_a_child_keeps_the_pipes(
     try:
         result = await asyncio.wait_for(run(box, code, timeout_s=2), 10)
         assert result.kind == "limit", result
+        assert result.duration_ms < 8000
     finally:
         watcher.cancel()
         escapee.kill()
@@ -738,3 +762,51 @@ async def _watch(escapee: Escapee) -> None:
     """Note the escapee's pid while the sandbox's directory still exists."""
     while escapee.find() is None:
         await asyncio.sleep(0.05)
+
+
+# --- uids handed out by the provider ------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LocalProvider hands out uids from SANDBOX_UIDS with a per-instance set and SIGKILLs"
+    " every process of the uid it takes (kill_uid, 'a leftover of an earlier server'): a second"
+    " provider on the host (another server, a benchmark, the tests) kills the first's live"
+    " sandboxes and then shares their uid",
+)
+async def test_a_second_provider_leaves_the_first_ones_sandboxes_alone(
+    provider: LocalProvider, base_dir: Path
+) -> None:
+    first = await provider.create(SandboxSpec())
+    second = await LocalProvider(LIMITS, base_dir).create(SandboxSpec())
+    try:
+        assert first.uid != second.uid
+        await assert_healthy(first)
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="uids are reused: with the hook off, a file a sandbox leaves outside its working"
+    " directory (in any world-writable directory) is readable by the next sandbox given its uid",
+)
+async def test_the_next_sandbox_with_a_uid_cannot_read_what_the_last_left(
+    provider: LocalProvider, targets: Targets
+) -> None:
+    left = targets.outside_secret.parent / "left-behind.txt"
+    code = f"import os\nos.write(os.open('{left}', os.O_CREAT | os.O_WRONLY, 0o600), b'run 1')\n"
+    try:
+        first = await provider.create(SandboxSpec())
+        written = await run(first, HOOK_OFF + code)
+        await assert_closed(first)
+        assert "HOOK-OFF" in written.stdout and left.exists(), written
+        second = await provider.create(SandboxSpec())
+        try:
+            read = await run(second, HOOK_OFF + f"print(open('{left}').read())")
+        finally:
+            await assert_closed(second)
+        assert "run 1" not in read.stdout, (first.uid, second.uid, read)
+    finally:
+        left.unlink(missing_ok=True)
