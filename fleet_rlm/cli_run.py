@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from fleet_rlm.trace_tree import print_trace_tree
@@ -100,12 +102,44 @@ def _ws_url(base: str, path: str, token: str | None, **query: str) -> str:
 
 
 def run_question(args: argparse.Namespace) -> int:
+    """``fleet-rlm run``; common failures print one line saying what to do, not a traceback."""
+    try:
+        return _run_question(args)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"fleet-rlm run: cannot read the document: {exc}", file=sys.stderr)
+    except (httpx.ConnectError, ConnectionRefusedError, OSError) as exc:
+        print(
+            f"fleet-rlm run: no fleet-rlm server answers at {args.url} ({exc});"
+            " start one with `fleet-rlm serve` or pass --url",
+            file=sys.stderr,
+        )
+    except (httpx.UnsupportedProtocol, ValueError) as exc:
+        print(f"fleet-rlm run: bad --url {args.url!r}: {exc}", file=sys.stderr)
+    except InvalidStatus as exc:
+        print(
+            f"fleet-rlm run: the server refused the WebSocket ({exc}); check --token",
+            file=sys.stderr,
+        )
+    except ConnectionClosed as exc:
+        reason = exc.rcvd.reason if exc.rcvd else "no reason given"
+        print(
+            f"fleet-rlm run: the server closed the connection: {reason}; check --token",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _run_question(args: argparse.Namespace) -> int:
     session = args.session or f"cli-{uuid.uuid4().hex[:10]}"
+    print(f"session: {session}")
     base = args.url.rstrip("/")
     with httpx.Client(base_url=base, headers=_headers(args.token), timeout=60.0) as client:
         for doc in args.doc:
             _attach(client, session, Path(doc))
-        status = client.get("/api/v1/runtime/status").json()
+        answer = client.get("/api/v1/runtime/status")
+        if answer.status_code in (401, 403):
+            raise SystemExit(f"fleet-rlm run: {answer.json().get('message')} (use --token)")
+        status = answer.json()
         existing = client.get(f"/api/v1/sessions/{session}")
         last_seq = existing.json()["last_seq"] if existing.status_code == 200 else 0
     ws_url = _ws_url(base, "/api/v1/ws/execution", args.token)
@@ -126,7 +160,10 @@ def run_question(args: argparse.Namespace) -> int:
     with connect(ws_url, max_size=None) as ws:
         ws.send(json.dumps({"type": "message", "session_id": session, "content": args.question}))
         while time.monotonic() < deadline:
-            frame = json.loads(ws.recv(timeout=max(1.0, deadline - time.monotonic())))
+            try:
+                frame = json.loads(ws.recv(timeout=max(1.0, deadline - time.monotonic())))
+            except TimeoutError:
+                break
             print(json.dumps(frame)) if args.json else _show(frame)
             if frame.get("type") == "error" and "data" not in frame:
                 return 1
@@ -138,7 +175,10 @@ def run_question(args: argparse.Namespace) -> int:
         watcher.join(timeout=3.0)  # let the last child steps print before the answer
     stop.set()
     if final is None:
-        print("no answer within the timeout; the turn goes on: resume with the session id")
+        print(
+            f"no answer within {args.timeout:g} s; the turn goes on: rerun with --session {session}"
+            " or resume it over the WebSocket"
+        )
         return 1
     if final["kind"] != "final":
         return 1
