@@ -43,6 +43,10 @@ class SessionKey:
     user_id: str
     session_id: str
 
+    def __str__(self) -> str:
+        """``workspace/user/session``: how logs name a session (ids alone can repeat)."""
+        return f"{self.workspace_id}/{self.user_id}/{self.session_id}"
+
     @property
     def actor_name(self) -> str:
         """Ray actor name; ``/`` cannot occur in any part, so it cannot be forged."""

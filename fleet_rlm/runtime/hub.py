@@ -117,7 +117,7 @@ class Feed:
         return True
 
     async def _poll(self) -> None:
-        logger.info("session %s: feed started at seq %d", self.key.session_id, self.cursor)
+        logger.info("session %s: feed started at seq %d", self.key, self.cursor)
         try:
             if not await self._dormant():
                 return
@@ -134,11 +134,11 @@ class Feed:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("session %s: feed failed; viewers will be closed", self.key.session_id)
+            logger.exception("session %s: feed failed; viewers will be closed", self.key)
             for sub in list(self.subs):
                 sub.fail(exc)
         finally:
-            logger.info("session %s: feed stopped at seq %d", self.key.session_id, self.cursor)
+            logger.info("session %s: feed stopped at seq %d", self.key, self.cursor)
 
 
 class Hub:

@@ -62,7 +62,7 @@ class SessionActor:
         self._closing = False
         self._idle_task: asyncio.Task[None] | None = None
         self._recover_lost_turns()
-        logger.info("session %s: actor up at seq %d", key.session_id, self.log.last_seq)
+        logger.info("session %s: actor up at seq %d", key, self.log.last_seq)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ class SessionActor:
         for turn in self.store.unfinished_turns(self.key):
             logger.warning(
                 "session %s: turn %d was lost with the previous actor; closing it",
-                self.key.session_id,
+                self.key,
                 turn.turn_index,
             )
             state = TurnState(self.key, turn.turn_index, turn.content)
@@ -101,7 +101,7 @@ class SessionActor:
         self._closing = True
         logger.info(
             "session %s: idle %.0f s, passivating at seq %d",
-            self.key.session_id,
+            self.key,
             idle_for,
             self.log.last_seq,
         )
@@ -169,7 +169,7 @@ class SessionActor:
         turn.budget = TurnBudget(BudgetLimits.from_settings(self.settings))
         self._turn = turn
         self._cancel_wakeup = asyncio.Event()
-        logger.info("session %s: turn %d started", self.key.session_id, turn_index)
+        logger.info("session %s: turn %d started", self.key, turn_index)
         self._append_chat(turn, "turn_started", "", {"client_message_id": client_message_id})
         self.log.append(
             frames.EXECUTION,
@@ -188,9 +188,7 @@ class SessionActor:
         turn.cancel_requested.set()
         if self._cancel_wakeup is not None:
             self._cancel_wakeup.set()
-        logger.info(
-            "session %s: cancel requested for turn %d", self.key.session_id, turn.turn_index
-        )
+        logger.info("session %s: cancel requested for turn %d", self.key, turn.turn_index)
         return {"ok": True, "status": "ok", "turn_index": turn.turn_index}
 
     async def _run(self, turn: TurnState, cancel_wakeup: asyncio.Event) -> None:
@@ -215,7 +213,7 @@ class SessionActor:
                 return
             self._finish_from(turn, work)
         except Exception:  # the loop must survive whatever a turn does
-            logger.exception("session %s: turn %d crashed", self.key.session_id, turn.turn_index)
+            logger.exception("session %s: turn %d crashed", self.key, turn.turn_index)
             if not turn.closed:
                 self._finish(turn, "error", "internal error", {"code": "internal_error"})
         finally:
@@ -241,9 +239,7 @@ class SessionActor:
         elif isinstance(exc, FleetError):
             self._finish(turn, "error", exc.message, {"code": exc.code})
         else:
-            logger.error(
-                "session %s: turn %d failed: %r", self.key.session_id, turn.turn_index, exc
-            )
+            logger.error("session %s: turn %d failed: %r", self.key, turn.turn_index, exc)
             self._finish(
                 turn, "error", f"internal error: {type(exc).__name__}", {"code": "internal_error"}
             )
@@ -280,7 +276,7 @@ class SessionActor:
         self._last_activity = time.monotonic()
         logger.info(
             "session %s: turn %d ended %s in %d ms",
-            self.key.session_id,
+            self.key,
             turn.turn_index,
             status,
             turn.duration_ms,
