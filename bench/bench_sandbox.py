@@ -49,8 +49,8 @@ from fleet_rlm.sandbox.protocol import SandboxSpec
 
 COMMAND = ".venv/bin/python -m bench.bench_sandbox"
 SECTION = "# Sandboxes and child tasks"
-EXECUTES = 300
-CHILD_RUNS = 40
+EXECUTES = 500
+CHILD_RUNS = 100
 WARMUP = 10
 CODE = "total = sum(range(10))"
 TOOL_CODE = "total = lookup(3)"
@@ -233,10 +233,11 @@ def child_table(children: Samples, cold: float) -> Table:
 def foreign_sandbox_processes() -> list[psutil.Process]:
     """Processes holding sandbox uids now: another server's sandboxes, which a provider kills."""
     found = []
-    for process in psutil.process_iter(["uids"]):
+    for process in psutil.process_iter(["uids", "status"]):
         uids = process.info["uids"]
         if uids is not None and uids.real in SANDBOX_UIDS:
-            found.append(process)
+            if process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
     return found
 
 

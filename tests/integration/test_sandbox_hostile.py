@@ -105,9 +105,11 @@ class Targets:
 def foreign_sandbox_processes() -> list[psutil.Process]:
     """Processes holding sandbox uids that this process did not start (through its own Ray too)."""
     found = []
-    for process in psutil.process_iter(["uids"]):
+    for process in psutil.process_iter(["uids", "status"]):
         uids = process.info["uids"]
         if uids is None or uids.real not in SANDBOX_UIDS:
+            continue
+        if process.info["status"] == psutil.STATUS_ZOMBIE:  # killed, waiting for init to reap it
             continue
         with contextlib.suppress(psutil.Error):
             if os.getpid() not in {parent.pid for parent in process.parents()}:
