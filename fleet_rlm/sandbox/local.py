@@ -60,6 +60,18 @@ def kill_uid(uid: int) -> int:
     return killed
 
 
+def running_uids() -> set[int]:
+    """The real uids of every process on this host."""
+    uids = set()
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"]:
+                uids.add(proc.info["uids"].real)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return uids
+
+
 def remove_tree(path: Path) -> None:
     """Remove a sandbox's directory, however deep the code made it."""
     try:
@@ -101,7 +113,10 @@ class LocalSandbox:
         line = await asyncio.wait_for(self.process.stdout.readline(), remaining)
         if not line:
             return None
-        message = json.loads(line)
+        try:
+            message = json.loads(line)
+        except RecursionError:
+            raise ValueError("a frame nested too deeply") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ValueError(f"not a message: {line[:80]!r}")
         return message
@@ -139,6 +154,10 @@ class LocalSandbox:
                     return self._result("crashed", started, error=await self._death(), broken=True)
                 if message.get("type") != "tool_request":
                     return self._finished(message, started)
+                if not isinstance(message.get("id"), int) or not isinstance(
+                    message.get("name"), str
+                ):
+                    raise ValueError("a tool request without an id or a name")
                 await self._answer_tool(message, on_tool)
         except TimeoutError:
             await self.close()
@@ -240,9 +259,9 @@ class LocalProvider:
     def _take_uid(self) -> int | None:
         if not self.isolation_facts.drop_to_nobody:
             return None
+        busy = running_uids()  # another server's sandboxes on this host, or leftovers
         for uid in SANDBOX_UIDS:
-            if uid not in self._uids_in_use:
-                kill_uid(uid)  # a leftover of an earlier server, if any
+            if uid not in self._uids_in_use and uid not in busy:
                 self._uids_in_use.add(uid)
                 return uid
         raise SandboxError(f"all {len(SANDBOX_UIDS)} sandbox uids are in use")

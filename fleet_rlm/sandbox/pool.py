@@ -66,6 +66,7 @@ class SandboxPool:
         self.idle: list[tuple[Sandbox, float]] = []
         self.leases: dict[str, Lease] = {}
         self.creating = 0
+        self.granting = 0
         self.counts = {"created": 0, "closed": 0, "replaced": 0, "reaped": 0, "leases": 0}
         self.high_water = 0
         self._changed = asyncio.Condition()
@@ -162,7 +163,11 @@ class SandboxPool:
         """A sandbox for ``owner``, waiting up to ``SANDBOX_LEASE_TIMEOUT_S`` for one."""
         self._start_background()
         deadline = time.monotonic() + self.settings.sandbox_lease_timeout_s
-        sandbox = await self._take(deadline, self._cap(depth))
+        self.granting += 1
+        try:
+            sandbox = await self._take(deadline, self._cap(depth))
+        finally:
+            self.granting -= 1
         if sandbox is None:
             return {
                 "ok": False,
@@ -180,13 +185,16 @@ class SandboxPool:
     async def _take(self, deadline: float, cap: int | None = None) -> Sandbox | None:
         cap = self.max_total if cap is None else cap
         while True:
-            while self.idle and len(self.leases) < cap:
+            # Leases held plus those being granted alongside this one (``granting``
+            # includes this call).
+            busy = len(self.leases) + max(0, self.granting - 1)
+            while self.idle and busy < cap:
                 sandbox, _ = self.idle.pop()
                 if await sandbox.healthy():
                     return sandbox
                 self.counts["replaced"] += 1
                 await self._close(sandbox)
-            if self.total < self.max_total and len(self.leases) < cap:
+            if self.total < self.max_total and busy < cap:
                 self.creating += 1
                 return await self._create()
             remaining = deadline - time.monotonic()
@@ -203,11 +211,11 @@ class SandboxPool:
         if lease is None:
             return {"ok": False, "code": "unknown_lease", "message": f"no lease {lease_id}"}
         if lease.sandbox is not None:
-            if await lease.sandbox.healthy():
-                self.idle.append((lease.sandbox, time.monotonic()))
-            else:
-                self.counts["replaced"] += 1
-                await self._close(lease.sandbox)
+            # Closed, never returned to the idle list: its variables and files are the
+            # owner's, and the next lease may be another session's. The warm minimum
+            # keeps fresh ones ready.
+            await self._close(lease.sandbox)
+            lease.sandbox = None
         await self._notify()
         return {"ok": True}
 

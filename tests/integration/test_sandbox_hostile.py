@@ -487,20 +487,12 @@ BAD_FRAMES = [
         "crashed",
         "broke its protocol",
         id="tool-request-without-id",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"{MALFORMED_FRAME}: KeyError 'id' from _answer_tool's error path",
-        ),
     ),
     pytest.param(
         f"import os\nos.write({CHANNEL_OUT_FD}, b'[' * 100_000 + b'\\n')",
         "crashed",
         "broke its protocol",
         id="deeply-nested-json",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"{MALFORMED_FRAME}: RecursionError from json.loads in _receive is not caught",
-        ),
     ),
 ]
 
@@ -769,13 +761,6 @@ async def _watch(escapee: Escapee) -> None:
 # --- uids handed out by the provider ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalProvider hands out uids from SANDBOX_UIDS with a per-instance set and SIGKILLs"
-    " every process of the uid it takes (kill_uid, 'a leftover of an earlier server'): a second"
-    " provider on the host (another server, a benchmark, the tests) kills the first's live"
-    " sandboxes and then shares their uid",
-)
 async def test_a_second_provider_leaves_the_first_ones_sandboxes_alone(
     provider: LocalProvider, base_dir: Path
 ) -> None:

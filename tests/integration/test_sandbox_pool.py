@@ -175,8 +175,13 @@ def make_pool() -> Iterator[Callable[..., Pool]]:
     made: list[Pool] = []
 
     def make(**settings: Any) -> Pool:
-        # Under the system temp folder: nobody must traverse every ancestor of a sandbox's dir.
-        made.append(Pool(Path(tempfile.mkdtemp(prefix="fleet-pool-test-")), **settings))
+        # Under the system temp folder: sandbox uids must traverse every ancestor of their dir.
+        base = Path(tempfile.mkdtemp(prefix="fleet-pool-test-"))
+        try:
+            made.append(Pool(base, **settings))
+        except BaseException:
+            shutil.rmtree(base)
+            raise
         return made[-1]
 
     yield make
@@ -224,7 +229,9 @@ except RuntimeError as exc:
     assert pool.release(lease_id) == {"ok": True}
     assert pool.release(lease_id)["code"] == "unknown_lease"
     stats = pool.stats()
-    assert (stats["idle"], stats["leased"], stats["created"], stats["leases"]) == (1, 0, 1, 1)
+    # Closed on release, never handed to the next owner with this one's state.
+    assert (stats["idle"], stats["leased"], stats["created"], stats["leases"]) == (0, 0, 1, 1)
+    assert pool.processes() == [] and pool.dirs() == []
     assert_counts_add_up(stats)
     ended, _ = pool.execute(lease_id, "print(1)")
     assert ended["kind"] == "crashed" and "lease has ended" in ended["error"]
@@ -249,8 +256,8 @@ def test_bound_makes_a_third_lease_wait_then_serves_it_on_release(pool: Pool) ->
     assert pool.release(first["lease_id"]) == {"ok": True}
     served = ray.get(waiting, timeout=LEASE_TIMEOUT_S + 5)
     assert served["ok"], served
-    assert served["sandbox_id"] == first["sandbox_id"]  # the released sandbox, reused
-    assert pool.stats()["created"] == 2
+    assert served["sandbox_id"] != first["sandbox_id"]  # a fresh one: no state crosses leases
+    assert pool.stats()["created"] == 3
     assert_counts_add_up(pool.stats())
     for lease in (second, served):
         pool.release(lease["lease_id"])
@@ -266,12 +273,6 @@ def test_shallow_runs_leave_a_sandbox_for_the_deepest(pool: Pool) -> None:
         pool.release(lease["lease_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SandboxPool._take checks len(self.leases) < cap, but a lease is recorded only after"
-    " its sandbox is created: two depth-1 leases asked for at once both pass the check while the"
-    " first sandbox starts, and take the sandbox reserved for the deeper level",
-)
 def test_concurrent_shallow_leases_leave_a_sandbox_for_the_deepest(pool: Pool) -> None:
     answers = ray.get([pool.actor.lease.remote(f"run-{i}", 1) for i in range(2)])
     try:
@@ -342,17 +343,17 @@ def test_counts_add_up_through_leases_breaks_and_releases(pool: Pool) -> None:
     assert_counts_add_up(pool.stats())
     pool.execute(a, "import os\nos._exit(1)")  # dies; the pool closes it
     assert_counts_add_up(pool.stats())
-    pool.release(b)
+    pool.release(b)  # closed: a released sandbox is never reused by another owner
     assert_counts_add_up(pool.stats())
-    pool.execute(a, "print(1)")  # replaced: takes the idle one
+    pool.execute(a, "print(1)")  # replaced: a fresh one
     stats = pool.stats()
     assert_counts_add_up(stats)
-    assert (stats["created"], stats["closed"], stats["replaced"], stats["idle"]) == (2, 1, 1, 0)
+    assert (stats["created"], stats["closed"], stats["replaced"], stats["idle"]) == (3, 2, 1, 0)
     pool.release(a)
     stats = pool.stats()
     assert_counts_add_up(stats)
-    assert (stats["idle"], stats["leased"]) == (1, 0)
-    assert len(pool.processes()) == len(pool.dirs()) == 1
+    assert (stats["idle"], stats["leased"]) == (0, 0)
+    assert len(pool.processes()) == len(pool.dirs()) == 0
 
 
 def test_close_all_leaves_no_process_or_directory(pool: Pool) -> None:
@@ -362,7 +363,7 @@ def test_close_all_leaves_no_process_or_directory(pool: Pool) -> None:
     pool.execute(held, "open('notes.txt', 'w').write('x')")
     running = pool.start(held, "import time\ntime.sleep(60)", [], 90)
     time.sleep(0.3)
-    assert len(pool.processes()) == len(pool.dirs()) == 2
+    assert len(pool.processes()) == len(pool.dirs()) == 1  # run-b's closed on release
 
     assert ray.get(pool.actor.close_all.remote()) == {"ok": True}
     done, _ = pool.finish(running, held)
