@@ -55,8 +55,10 @@ format: install
 	@$(VENV)/bin/ruff check --fix fleet_rlm tests bench scripts
 	@$(VENV)/bin/ruff format fleet_rlm tests bench scripts
 
+# bench_runtime rewrites bench/RESULTS.md; bench_sandbox then replaces only its own section.
 bench: install
 	@$(PY) -m bench.bench_runtime
+	@$(PY) -m bench.bench_sandbox
 
 serve: install
 	@$(VENV)/bin/fleet-rlm serve
