@@ -47,6 +47,31 @@ def _delegate_first(ctx: TurnContext, delegation: Delegation) -> str:
     return str(tool(query=ctx.turn.content, document=document))
 
 
+def _plan(ctx: TurnContext, agent: FleetAgent, tools: DocumentTools, findings: str) -> str:
+    """Run the planner; map model failures to ``ModelError``.
+
+    When a delegation already answered and only the planner's own output is unparseable
+    (a weak model), the turn answers with the delegation's finding and says so in a
+    ``status`` event, rather than failing a turn whose work is done.
+    """
+    turn = ctx.turn
+    try:
+        return agent.respond(turn.content, tools.catalogue(), findings)
+    except FleetError:
+        raise
+    except Exception as exc:
+        logger.info("session %s: turn %d model failure: %r", turn.key, turn.turn_index, exc)
+        error = classify_model_error(exc)
+        if error.code != "model_output_unparseable" or not findings.strip():
+            raise error from exc
+        ctx.emitter.chat(
+            "status",
+            "the planner's output could not be parsed; answering with the delegated finding",
+            {"code": error.code, "depth": 0},
+        )
+        return findings
+
+
 def execute_turn(ctx: TurnContext) -> TurnOutcome:
     turn, settings = ctx.turn, ctx.settings
     key = turn.key
@@ -82,17 +107,10 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
                 ),
             ):
                 findings = _delegate_first(ctx, delegation)
-                answer = agent.respond(turn.content, tools.catalogue(), findings)
+                answer = _plan(ctx, agent, tools, findings)
         except BudgetExceeded as exc:
             ctx.emitter.chat("status", exc.message, {"code": exc.code, "depth": 0})
             raise
-        except FleetError:
-            raise
-        except Exception as exc:
-            logger.info(
-                "session %s: turn %d model failure: %r", key.session_id, turn.turn_index, exc
-            )
-            raise classify_model_error(exc) from exc
         ctx.check()
         ctx.emitter.step(
             "output",

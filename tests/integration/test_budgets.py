@@ -99,3 +99,22 @@ async def test_large_document_is_delegated_before_planning(
     assert steps[0]["type"] == "delegate" and steps[0]["depth"] == 0
     assert any(s["depth"] == 1 for s in steps)
     assert _chat(entries, "final")
+
+
+async def test_unparseable_planner_after_delegation_answers_with_the_finding(
+    settings: Settings, base_url: str
+) -> None:
+    routed = settings.model_copy(update={"delegate_threshold_chars": 10_000})
+    entries = await _run_turn(routed, "ZETA6 UNPARSEABLE: what does the big document say?")
+    finals = _chat(entries, "final")
+    assert [f["payload"]["answer"] for f in finals] == ["FLAT-OK"]
+    codes = [s["payload"].get("code") for s in _chat(entries, "status")]
+    assert "model_output_unparseable" in codes
+
+
+async def test_unparseable_planner_without_a_finding_is_an_error(
+    settings: Settings, base_url: str
+) -> None:
+    entries = await _run_turn(settings, "UNPARSEABLE and nothing delegated")
+    errors = _chat(entries, "error")
+    assert [e["payload"]["code"] for e in errors] == ["model_output_unparseable"]
