@@ -114,14 +114,18 @@ class SessionActor:
         self._closing = True
         turn = self._turn
         if turn is not None:
-            turn.cancel_requested.set()
-            if turn.budget is not None:
-                turn.budget.cancelled = True
-            self._stop_sandboxes(turn)
+            self._request_cancel(turn)
             self._finish(turn, "cancelled", "The session was deleted.", {"reason": "deleted"})
-            if self._cancel_wakeup is not None:
-                self._cancel_wakeup.set()
         return {"ok": True}
+
+    def _request_cancel(self, turn: TurnState) -> None:
+        """Stop a turn's whole tree: its thread, its children's budget, its sandboxes."""
+        turn.cancel_requested.set()
+        if turn.budget is not None:
+            turn.budget.cancelled = True
+        self._stop_sandboxes(turn)
+        if self._cancel_wakeup is not None:
+            self._cancel_wakeup.set()
 
     # --- queries -----------------------------------------------------------------------
 
@@ -185,9 +189,7 @@ class SessionActor:
         turn = self._turn
         if turn is None or turn.closed:
             return refusal("no_turn_running", "no turn is running in this session")
-        turn.cancel_requested.set()
-        if self._cancel_wakeup is not None:
-            self._cancel_wakeup.set()
+        self._request_cancel(turn)
         logger.info("session %s: cancel requested for turn %d", self.key, turn.turn_index)
         return {"ok": True, "status": "ok", "turn_index": turn.turn_index}
 
