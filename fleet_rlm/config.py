@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_rlm.errors import ConfigError
@@ -103,7 +102,6 @@ class Settings(BaseSettings):
     # Bind Serve's internal replica gRPC port to 127.0.0.1 (multi-node clusters: false).
     loopback_only: bool = True
     ray_namespace: str = "fleet_rlm"
-    version_tag: str = Field(default="1", description="wire contract version")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -41,8 +41,10 @@ def sandbox_isolation(provider: str) -> dict[str, Any]:
     return {**facts.describe(), "isolated": facts.own_network}
 
 
-async def readiness(rt: Runtime) -> dict[str, Any]:
-    database, _ = await asyncio.to_thread(_database_state, rt)
+async def readiness(
+    rt: Runtime, database_state: tuple[str, str | None] | None = None
+) -> dict[str, Any]:
+    database, _ = database_state or await asyncio.to_thread(_database_state, rt)
     planner = _planner_state(rt)
     db_ok = database == "ready" or not rt.settings.database_required
     return {
@@ -59,8 +61,9 @@ async def readiness(rt: Runtime) -> dict[str, Any]:
 
 async def runtime_status(rt: Runtime) -> dict[str, Any]:
     s = rt.settings
-    ready = await readiness(rt)
-    _, db_error = await asyncio.to_thread(_database_state, rt)
+    database_state = await asyncio.to_thread(_database_state, rt)  # one ping for both
+    ready = await readiness(rt, database_state)
+    _, db_error = database_state
     mlflow = await asyncio.to_thread(mlflow_status, s)
     guidance: list[str] = []
     if db_error:

@@ -99,17 +99,16 @@ def turn_trace(
     from mlflow.entities import SpanType
 
     _set_tracing(True)
-    with mlflow.start_span(name="respond", span_type=SpanType.AGENT) as span:
-        span.set_inputs({"message": message})
-        span.set_attribute("fleet_rlm.pid", os.getpid())
-        handle.trace_id = span.trace_id
-        handle.trace_url = trace_url(settings, experiment_id, span.trace_id)
-        _tag(key, turn_index)
-        try:
+    try:
+        with mlflow.start_span(name="respond", span_type=SpanType.AGENT) as span:
+            span.set_inputs({"message": message})
+            span.set_attribute("fleet_rlm.pid", os.getpid())
+            handle.trace_id = span.trace_id
+            handle.trace_url = trace_url(settings, experiment_id, span.trace_id)
+            _tag(key, turn_index)
             yield handle
-        finally:
-            pass
-    _flush()
+    finally:
+        flush_traces()
 
 
 def _tag(key: SessionKey, turn_index: int) -> None:
@@ -141,10 +140,6 @@ def _set_tracing(on: bool) -> None:
 
 def flush_traces() -> None:
     """Send this process's finished spans now; MLflow drops them at exit otherwise."""
-    _flush()
-
-
-def _flush() -> None:
     import mlflow
 
     try:

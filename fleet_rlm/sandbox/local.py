@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,29 +47,29 @@ _SIGNALS = {
 }
 
 
+def _processes_by_uid() -> Iterator[tuple[int, psutil.Process]]:
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info.get("uids")
+        if uids:
+            yield uids.real, proc
+
+
 def kill_uid(uid: int) -> int:
     """SIGKILL every process running as ``uid`` (a sandbox's own); returns how many."""
     killed = 0
-    for proc in psutil.process_iter(["uids"]):
-        try:
-            if proc.info["uids"] and proc.info["uids"].real == uid:
+    for owner, proc in _processes_by_uid():
+        if owner == uid:
+            try:
                 proc.kill()
                 killed += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
     return killed
 
 
 def running_uids() -> set[int]:
     """The real uids of every process on this host."""
-    uids = set()
-    for proc in psutil.process_iter(["uids"]):
-        try:
-            if proc.info["uids"]:
-                uids.add(proc.info["uids"].real)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return uids
+    return {owner for owner, _ in _processes_by_uid()}
 
 
 def remove_tree(path: Path) -> None:
