@@ -28,6 +28,8 @@ from fleet_rlm.agent.lm import build_adapter, build_delegate_lm, classify_model_
 from fleet_rlm.config import Settings, apply_offline_env
 from fleet_rlm.errors import FleetError, TurnCancelled
 from fleet_rlm.identity import SessionKey
+from fleet_rlm.observability.callbacks import dspy_callbacks
+from fleet_rlm.observability.turn_scope import turn_scope
 from fleet_rlm.runtime.budget import BudgetExceeded
 from fleet_rlm.runtime.frames import truncate
 from fleet_rlm.sandbox.protocol import SandboxError
@@ -95,7 +97,7 @@ def run_child(request: ChildRequest) -> ChildResult:
     apply_offline_env()
     bridge = ChildBridge(request)
     try:
-        with _child_span(bridge):
+        with turn_scope(request.key, request.turn_index, request.depth), _child_span(bridge):
             return _run(bridge)
     finally:
         bridge.close()
@@ -126,7 +128,7 @@ def _run(bridge: ChildBridge) -> ChildResult:
             dspy.context(
                 lm=lm,
                 adapter=build_adapter(request.settings),
-                callbacks=[*dspy.settings.callbacks, bridge.callback()],
+                callbacks=dspy_callbacks(request.settings, bridge.callback()),
             ),
         ):
             prediction = rlm(context=request.context, query=request.query)

@@ -17,7 +17,9 @@ from fleet_rlm.agent.fleet_agent import FleetAgent
 from fleet_rlm.agent.lm import build_adapter, build_planner_lm, classify_model_error, lm_guard
 from fleet_rlm.agent.turn_events import TurnEventCallback
 from fleet_rlm.errors import FleetError
+from fleet_rlm.observability.callbacks import dspy_callbacks
 from fleet_rlm.observability.tracing import turn_trace
+from fleet_rlm.observability.turn_scope import turn_scope
 from fleet_rlm.runtime.budget import BudgetExceeded
 from fleet_rlm.runtime.frames import truncate
 from fleet_rlm.runtime.turn import TurnContext, TurnOutcome
@@ -84,7 +86,10 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
         raise classify_model_error(exc) from exc
     tools = DocumentTools(ctx)
     callback = TurnEventCallback(ctx)
-    with turn_trace(settings, key, turn.turn_index, turn.content) as trace:
+    with (
+        turn_scope(key, turn.turn_index),
+        turn_trace(settings, key, turn.turn_index, turn.content) as trace,
+    ):
         ctx.emitter.set_trace(trace.trace_id, trace.trace_url)
         delegation = Delegation(ctx, callback, traced=trace.trace_id is not None)
         agent = FleetAgent(
@@ -102,8 +107,7 @@ def execute_turn(ctx: TurnContext) -> TurnOutcome:
                 dspy.context(
                     lm=lm,
                     adapter=build_adapter(settings),
-                    # keep the process-wide callbacks (MLflow's autolog) and add ours
-                    callbacks=[*dspy.settings.callbacks, callback],
+                    callbacks=dspy_callbacks(settings, callback),
                 ),
             ):
                 findings = _delegate_first(ctx, delegation)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fleet_rlm.config import Settings
 from fleet_rlm.identity import SessionKey
+from fleet_rlm.observability.callbacks import install_mlflow
 from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env, mlflow_answers
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _configure(settings: Settings) -> str | None:
             mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
             experiment = mlflow.set_experiment(settings.mlflow_experiment)
             _experiment_id = experiment.experiment_id
-            mlflow.dspy.autolog(silent=True)
+            install_mlflow()
             _configured_for = wanted
         return _experiment_id
 

@@ -1,0 +1,12 @@
+"""Placeholder until built (issue 4)."""
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+async def test_lm(request: Request) -> JSONResponse:
+    return JSONResponse({"code": "not_implemented", "message": "not built yet"}, status_code=501)
+
+
+async def test_daytona(request: Request) -> JSONResponse:
+    return JSONResponse({"code": "not_implemented", "message": "not built yet"}, status_code=501)
