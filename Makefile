@@ -16,7 +16,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # pip's progress, without its "already satisfied" chatter.
 PROGRESS := grep -E --line-buffered '^(Collecting|Downloading|Building|Installing|Successfully|ERROR|error)' || true
 
-.PHONY: install demo test test-unit test-integration lint format bench serve serve-run mlflow-server clean
+.PHONY: install test-deps demo test test-unit test-integration lint format bench serve serve-run mlflow-server mlflow-upgrade clean
 
 install: $(STAMP)
 
@@ -38,13 +38,24 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	@$(PY) scripts/demo.py
 
-test: install
+# An older MLflow (3.10.1, beside the venv, not in it) for the test of an older server on
+# MLflow's port; SQLAlchemy 2.0 because that MLflow does not import under 2.1.
+OLD_MLFLOW := $(VENV)/mlflow-3.10.1
+$(OLD_MLFLOW)/.installed: $(STAMP)
+	@echo "==> installing MLflow 3.10.1 into $(OLD_MLFLOW) (for the older-server test)"
+	@$(PIP) install --quiet --no-deps --target $(OLD_MLFLOW) mlflow==3.10.1 mlflow-skinny==3.10.1 \
+	  mlflow-tracing==3.10.1 sqlalchemy==2.0.44 2>&1 | grep -v '^WARNING: Location' || true
+	@test -d $(OLD_MLFLOW)/mlflow && touch $@
+
+test-deps: install $(OLD_MLFLOW)/.installed
+
+test: test-deps
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: install
 	@$(PY) -m pytest -q tests/unit
 
-test-integration: install
+test-integration: test-deps
 	@$(PY) -m pytest -q tests/integration
 
 lint: install
@@ -73,7 +84,12 @@ serve-run: install
 	@RAY_AUTH_MODE=disabled $(VENV)/bin/serve run --address $(RAY_HEAD) serve_config.yaml
 
 mlflow-server: install
-	@$(PY) -m fleet_rlm.observability.mlflow_server
+	@$(PY) -m fleet_rlm.observability.mlflow_server serve
+
+# Upgrade the local MLflow store (.data/mlflow.sqlite3) to the installed MLflow's schema,
+# after an older MLflow server used it. Stop that server first.
+mlflow-upgrade: install
+	@$(PY) -m fleet_rlm.observability.mlflow_server upgrade
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache

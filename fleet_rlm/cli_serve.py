@@ -1,8 +1,9 @@
 """``fleet-rlm serve``: bring up everything the runtime needs on this machine, then wait.
 
-It starts MLflow (``APP_ENV=local``), a local Ray unless ``RAY_ADDRESS`` names one, and
-the Serve app; prints one line with the URL once ``/ready`` answers; and on SIGINT or
-SIGTERM stops, in reverse order, exactly what it started.
+It starts a local Ray unless ``RAY_ADDRESS`` names one, and the Serve app, whose first
+replica starts MLflow in the background (``APP_ENV=local``, see ``diagnostics_actor``).
+It prints one line with the URL once ``/ready`` answers, and on SIGINT or SIGTERM stops,
+in reverse order, exactly what it started.
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ def serve_forever(host: str, port: int, replicas: int = 1) -> int:
     settings.check_safe()
     stop = threading.Event()
 
-    from fleet_rlm.observability.mlflow_server import ensure_mlflow_server
-
-    mlflow = ensure_mlflow_server(settings)
     import ray
     from ray import serve
 
@@ -86,6 +84,7 @@ def serve_forever(host: str, port: int, replicas: int = 1) -> int:
             serve.shutdown()
         finally:
             if started_ray:
+                from fleet_rlm.observability.diagnostics_actor import stop_diagnostics
+
+                stop_diagnostics(settings.ray_namespace)  # the MLflow server it started
                 ray.shutdown()
-            if mlflow is not None:
-                mlflow.stop()

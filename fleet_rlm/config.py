@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # "scripted" replays a rules file (tests); otherwise configured or embedded.
     dspy_lm_scripted_rules: Path | None = None
     lm_timeout_s: float = 60.0
+    # POST /api/v1/runtime/tests/{lm,daytona} answer within this, ok or not.
+    runtime_probe_timeout_s: float = 20.0
     local_model_port: int = 20180
     local_model_ctx: int = 8192
     local_model_max_tokens: int = 256

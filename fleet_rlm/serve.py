@@ -68,12 +68,5 @@ def build(args: dict[str, str] | None = None) -> Any:
     apply_offline_env()
     settings = Settings()
     settings.check_safe()
-    from fleet_rlm.observability.mlflow_server import ensure_mlflow_server
-
-    global _mlflow
-    _mlflow = ensure_mlflow_server(settings)
     replicas = int((args or {}).get("num_replicas", 1))
     return FleetIngress.options(num_replicas=replicas).bind(settings)
-
-
-_mlflow = None

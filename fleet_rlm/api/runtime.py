@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fleet_rlm.config import Settings
 from fleet_rlm.runtime.actors import SessionActors
@@ -32,6 +33,10 @@ class Runtime:
     store: Store
     actors: SessionActors
     hub: Hub
+    # The RuntimeDiagnostics actor (None without Ray, as in unit tests).
+    diagnostics: Any = None
+    # This replica's own copy of the last probe results (the actor's is the shared one).
+    local_probes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -41,10 +46,22 @@ class Runtime:
         store.migrate()
         actors = SessionActors(settings)
         hub = Hub(actors, settings.viewer_queue_frames, store)
+        diagnostics = _start_diagnostics(settings)
         logger.info(
             "runtime up: app_env=%s auth_required=%s database=%s",
             settings.app_env,
             settings.auth_required,
             store,
         )
-        return cls(settings, store, actors, hub)
+        return cls(settings, store, actors, hub, diagnostics)
+
+
+def _start_diagnostics(settings: Settings) -> Any:
+    """The diagnostics actor; it starts the local MLflow server in the background."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from fleet_rlm.observability.diagnostics_actor import start_diagnostics
+
+    return start_diagnostics(settings)

@@ -9,6 +9,7 @@ from typing import Any
 from fleet_rlm.agent.lm import describe_models
 from fleet_rlm.api.runtime import Runtime
 from fleet_rlm.errors import StoreError
+from fleet_rlm.observability.diagnostics_actor import ask
 from fleet_rlm.observability.mlflow_runtime import mlflow_status
 
 
@@ -59,17 +60,46 @@ async def readiness(
     }
 
 
+async def cached_probes(rt: Runtime) -> dict[str, Any]:
+    """The last result of each probe (shared through the diagnostics actor), or None."""
+    shared = await ask(rt.diagnostics, "probes")
+    results = shared if shared is not None else rt.local_probes
+    return {"lm": results.get("lm"), "daytona": results.get("daytona")}
+
+
+def _probe_guidance(tests: dict[str, Any]) -> list[str]:
+    hints = {
+        "lm": "check DSPY_LM_MODEL, DSPY_LM_API_BASE and DSPY_LM_API_KEY and that the model"
+        " server answers, then POST /api/v1/runtime/tests/lm again",
+        "daytona": "check DAYTONA_API_KEY, DAYTONA_API_URL and DAYTONA_TARGET, or run"
+        " `fleet-rlm daytona-smoke` for each phase, then POST /api/v1/runtime/tests/daytona",
+    }
+    return [
+        f"{kind} probe failed at {result['checked_at']}: {result['error']}; {hints[kind]}"
+        for kind, result in tests.items()
+        if result is not None and not result["ok"]
+    ]
+
+
 async def runtime_status(rt: Runtime) -> dict[str, Any]:
     s = rt.settings
     database_state = await asyncio.to_thread(_database_state, rt)  # one ping for both
     ready = await readiness(rt, database_state)
     _, db_error = database_state
-    mlflow = await asyncio.to_thread(mlflow_status, s)
+    startup = await ask(rt.diagnostics, "mlflow_state")
+    mlflow = await asyncio.to_thread(mlflow_status, s, startup)
+    tests = await cached_probes(rt)
     guidance: list[str] = []
     if db_error:
         guidance.append(f"database: {db_error}")
     if mlflow["startup_status"] == "degraded":
         guidance.append(f"mlflow: {mlflow['startup_error']}")
+    if mlflow["startup_status"] == "pending":
+        guidance.append(
+            "mlflow: the local MLflow server is starting (about 10 s); turns run untraced"
+            " until it answers"
+        )
+    guidance.extend(_probe_guidance(tests))
     if not (s.dspy_lm_model or s.dspy_lm_api_base or s.scripted):
         guidance.append(
             "llm: using the embedded SmolLM2-135M model, which is fast but weak; set"
@@ -101,6 +131,6 @@ async def runtime_status(rt: Runtime) -> dict[str, Any]:
             "target_set": bool(s.daytona_target),
         },
         "sandbox": sandbox,
-        "tests": {"lm": None, "daytona": None},
+        "tests": tests,
         "guidance": guidance,
     }

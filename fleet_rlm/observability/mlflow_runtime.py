@@ -1,15 +1,29 @@
-"""Whether the MLflow tracking server answers, in the words of ``/api/v1/runtime/status``.
+"""Whether MLflow can take traces now, in the words of ``/api/v1/runtime/status``.
 
-``mlflow_status`` asks ``<MLFLOW_TRACKING_URI>/health`` with a short timeout and never
-raises: ``ready``, ``degraded`` (with ``startup_error`` saying what to do) or ``disabled``.
+``probe_mlflow`` asks the tracking server's ``/health`` and ``/version`` with a short
+timeout and never raises. ``mlflow_status`` turns a probe, and what the process that
+starts MLflow says of its start-up (``diagnostics_actor``), into ``startup_status``:
+
+- ``disabled``  MLFLOW_ENABLED=false;
+- ``pending``   the server is being started and does not answer yet;
+- ``ready``     it answers, and its version is not older than this client's;
+- ``degraded``  anything else, with ``startup_error`` saying what to do. An older server
+  on the port is degraded too: its store may have an older schema, and traces written
+  by this client may not land.
+
+Tracing asks ``tracing_possible`` on every turn's entry, so it recovers on the first turn
+after the server comes back.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from packaging.version import InvalidVersion, Version
 
 from fleet_rlm.config import Settings
 
@@ -22,6 +36,11 @@ MLFLOW_CLIENT_ENV = {
     "MLFLOW_USE_BATCH_SPAN_PROCESSOR": "false",
 }
 
+UPGRADE_HINT = (
+    "stop that server, run `make mlflow-upgrade` (upgrades the local store's schema),"
+    " then `make mlflow-server`"
+)
+
 
 def apply_mlflow_client_env() -> None:
     for key, value in MLFLOW_CLIENT_ENV.items():
@@ -32,23 +51,88 @@ def is_http_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def mlflow_answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    if not is_http_uri(uri):
-        return True
+def client_version() -> str:
+    return importlib.metadata.version("mlflow")
+
+
+@dataclass(frozen=True)
+class MlflowProbe:
+    answers: bool
+    version: str | None = None  # the server's, when it says
+
+    def older_than_client(self) -> bool:
+        if self.version is None:
+            return False
+        try:
+            return Version(self.version) < Version(client_version())
+        except InvalidVersion:
+            return False
+
+
+def probe_mlflow(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> MlflowProbe:
+    if not is_http_uri(uri):  # a local file store: always there
+        return MlflowProbe(answers=True)
+    base = uri.rstrip("/")
     try:
-        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+        with httpx.Client(timeout=timeout_s) as http:
+            if http.get(f"{base}/health").status_code != 200:
+                return MlflowProbe(answers=False)
+            answer = http.get(f"{base}/version")
     except httpx.HTTPError:
+        return MlflowProbe(answers=False)
+    version = answer.text.strip() if answer.status_code == 200 else None
+    return MlflowProbe(answers=True, version=version or None)
+
+
+def mlflow_answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    return probe_mlflow(uri, timeout_s).answers
+
+
+def tracing_possible(settings: Settings) -> bool:
+    """True when a turn may trace now: enabled, answering, and not an older server."""
+    if not settings.mlflow_enabled:
         return False
+    probe = probe_mlflow(settings.mlflow_tracking_uri)
+    return probe.answers and not probe.older_than_client()
 
 
-def mlflow_status(settings: Settings) -> dict[str, Any]:
-    base = {"enabled": settings.mlflow_enabled, "tracking_uri": settings.mlflow_tracking_uri}
+def _older_server_error(settings: Settings, probe: MlflowProbe) -> str:
+    return (
+        f"an older MLflow server ({probe.version}) holds {settings.mlflow_tracking_uri}; this"
+        f" client is {client_version()}: {UPGRADE_HINT}; turns run untraced meanwhile"
+    )
+
+
+def _down_error(settings: Settings, startup: dict[str, Any] | None) -> str:
+    uri = settings.mlflow_tracking_uri
+    if startup and startup.get("error"):
+        return f"{startup['error']}; turns run untraced meanwhile"
+    return (
+        f"no MLflow server answers at {uri}; run `make mlflow-server` (or set"
+        " MLFLOW_TRACKING_URI, or MLFLOW_ENABLED=false); turns run untraced meanwhile"
+    )
+
+
+def mlflow_status(settings: Settings, startup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The status's ``mlflow`` object. ``startup``: ``RuntimeDiagnostics.mlflow_state()``."""
+    base = {
+        "enabled": settings.mlflow_enabled,
+        "tracking_uri": settings.mlflow_tracking_uri,
+        "client_version": client_version(),
+        "server_version": None,
+    }
     if not settings.mlflow_enabled:
         return {**base, "startup_status": "disabled", "startup_error": None}
-    if mlflow_answers(settings.mlflow_tracking_uri):
+    probe = probe_mlflow(settings.mlflow_tracking_uri)
+    base["server_version"] = probe.version
+    if probe.answers and probe.older_than_client():
+        return {
+            **base,
+            "startup_status": "degraded",
+            "startup_error": _older_server_error(settings, probe),
+        }
+    if probe.answers:
         return {**base, "startup_status": "ready", "startup_error": None}
-    hint = (
-        f"no MLflow server answers at {settings.mlflow_tracking_uri}; run `make mlflow-server`"
-        " (or set MLFLOW_TRACKING_URI, or MLFLOW_ENABLED=false); turns run untraced meanwhile"
-    )
-    return {**base, "startup_status": "degraded", "startup_error": hint}
+    if startup and startup.get("state") == "starting":
+        return {**base, "startup_status": "pending", "startup_error": None}
+    return {**base, "startup_status": "degraded", "startup_error": _down_error(settings, startup)}

@@ -3,8 +3,8 @@
 ``MlflowServer`` runs ``mlflow server`` as a child process on 127.0.0.1 with a SQLite
 backend under the data folder, one worker and job execution off (ready in about 7 s at
 0.5 GB instead of 20 s at 2.8 GB). The child is told to die with its parent, so the
-server never outlives whoever started it. ``ensure_mlflow_server`` starts one only when
-``MLFLOW_AUTO_START`` allows it and nothing answers yet.
+server never outlives whoever started it. The runtime starts it through
+``diagnostics_actor``; ``make mlflow-server`` runs it in the foreground (``main``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from urllib.parse import urlparse
 
 from fleet_rlm.config import Settings
-from fleet_rlm.observability.mlflow_runtime import mlflow_answers
+from fleet_rlm.observability.mlflow_runtime import client_version, mlflow_answers, probe_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class MlflowServer:
         self.uri = settings.mlflow_tracking_uri
         self.data_dir = settings.data_dir.resolve()
         self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "mlflow-server.log"
 
     def command(self) -> list[str]:
         store = self.data_dir / "mlflow.sqlite3"
@@ -66,7 +67,7 @@ class MlflowServer:
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log_path = self.data_dir / "mlflow-server.log"
+        log_path = self.log_path
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         logger.info("starting MLflow server on %s:%d (log: %s)", self.host, self.port, log_path)
         started = time.monotonic()
@@ -102,26 +103,39 @@ class MlflowServer:
         logger.info("MLflow server stopped")
 
 
-def ensure_mlflow_server(settings: Settings) -> MlflowServer | None:
-    """Start a server if this environment wants one and none answers; return it to stop later."""
-    if not (settings.mlflow_enabled and settings.mlflow_auto_start and settings.app_env == "local"):
-        return None
-    if mlflow_answers(settings.mlflow_tracking_uri):
-        logger.info("MLflow already answers at %s", settings.mlflow_tracking_uri)
-        return None
+def upgrade_store(settings: Settings) -> int:
+    """``make mlflow-upgrade``: bring the local store's schema up to this MLflow's."""
     server = MlflowServer(settings)
-    server.start()
-    return server
-
-
-def main() -> int:
-    """``make mlflow-server``: run the local tracking server in the foreground until Ctrl-C."""
-    from fleet_rlm.config import apply_offline_env
-
-    apply_offline_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = Settings()
+    store = server.data_dir / "mlflow.sqlite3"
+    if not store.is_file():
+        print(f"no local MLflow store at {store}: nothing to upgrade")
+        return 0
     if mlflow_answers(settings.mlflow_tracking_uri):
+        print(
+            f"an MLflow server answers at {settings.mlflow_tracking_uri}; stop it first"
+            " (the upgrade rewrites the store it may be using), then run this again",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"upgrading {store} to MLflow {client_version()}'s schema", flush=True)
+    command = [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{store}"]
+    done = subprocess.run(command, check=False)
+    if done.returncode == 0:
+        print("upgraded; start the server with `make mlflow-server`")
+    return done.returncode
+
+
+def serve_foreground(settings: Settings) -> int:
+    """``make mlflow-server``: run the local tracking server in the foreground until Ctrl-C."""
+    probe = probe_mlflow(settings.mlflow_tracking_uri)
+    if probe.answers and probe.older_than_client():
+        print(
+            f"an older MLflow server ({probe.version}) answers at {settings.mlflow_tracking_uri};"
+            f" stop it, run `make mlflow-upgrade`, then run this again",
+            file=sys.stderr,
+        )
+        return 1
+    if probe.answers:
         print(f"an MLflow server already answers at {settings.mlflow_tracking_uri}")
         return 0
     server = MlflowServer(settings)
@@ -134,6 +148,20 @@ def main() -> int:
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """``python -m fleet_rlm.observability.mlflow_server [serve | upgrade]``."""
+    from fleet_rlm.config import apply_offline_env
+
+    apply_offline_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    command = argv[0] if argv else "serve"
+    if command not in ("serve", "upgrade"):
+        print(f"unknown command {command!r}; use serve or upgrade", file=sys.stderr)
+        return 2
+    settings = Settings()
+    return upgrade_store(settings) if command == "upgrade" else serve_foreground(settings)
+
+
 if __name__ == "__main__":
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

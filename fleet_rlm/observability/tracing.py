@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fleet_rlm.config import Settings
 from fleet_rlm.identity import SessionKey
 from fleet_rlm.observability.callbacks import install_mlflow
-from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env, mlflow_answers
+from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env, tracing_possible
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def tracing_headers() -> dict[str, str]:
 
 
 def _enabled(settings: Settings) -> str | None:
-    if not settings.mlflow_enabled or not mlflow_answers(settings.mlflow_tracking_uri):
+    if not tracing_possible(settings):
         return None
     try:
         return _configure(settings)

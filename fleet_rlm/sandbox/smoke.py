@@ -5,7 +5,8 @@ exists:
 
 - ``config``     DAYTONA_API_KEY and DAYTONA_API_URL are set
 - ``create``     a sandbox is created and started through the SDK
-- ``clone``      ``--repo`` (at ``--ref``) is cloned into its working directory
+- ``clone``      ``--repo`` (at ``--ref``) is cloned into its working directory (skipped
+                 without a repo, as in the runtime's Daytona probe)
 - ``execute_1``  ``x = 41`` runs, and lists the checkout
 - ``execute_2``  ``print(x + 1)`` prints 42: state survived from one execute to the next
 - ``cleanup``    the sandbox is deleted
@@ -81,7 +82,7 @@ def _checked(result: ExecResult, expect: str | None = None) -> dict[str, Any]:
 
 
 async def run_smoke(
-    settings: Settings | None, repo: str, ref: str | None = None, timeout_s: float = 60.0
+    settings: Settings | None, repo: str | None, ref: str | None = None, timeout_s: float = 60.0
 ) -> dict[str, Any]:
     """Run the phases against Daytona (``settings``, else the environment); the report."""
     report = _Report()
@@ -100,6 +101,8 @@ async def run_smoke(
         return {"sandbox_id": holder["sandbox"].sandbox_id}
 
     async def clone() -> dict[str, Any]:
+        if repo is None:
+            return {"skipped": True}
         await sandbox().clone(repo, ref)
         return {"repo": repo, "ref": ref}
 
