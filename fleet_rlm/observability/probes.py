@@ -109,7 +109,7 @@ async def _timed(
         "ok": error is None,
         "latency_ms": int((time.monotonic() - started) * 1000),
         "checked_at": iso_now(),
-        "preflight": redact({**preflight, **detail}),
+        "preflight": {**preflight, **redact(detail)},  # preflight holds flags, never values
         "error": None if error is None else redact(truncate(error, ERROR_LIMIT)),
     }
     logger.info("%s probe: ok=%s in %d ms", kind, result["ok"], result["latency_ms"])
