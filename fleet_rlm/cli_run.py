@@ -129,6 +129,23 @@ def run_question(args: argparse.Namespace) -> int:
     return 1
 
 
+MLFLOW_WAIT_S = 60.0
+
+
+def _await_mlflow(client: httpx.Client, status: dict[str, Any]) -> dict[str, Any]:
+    """While the server's MLflow is still starting (``pending``), wait a little, so the
+    turn is traced; after that, or when it is degraded, go on untraced."""
+    deadline = time.monotonic() + MLFLOW_WAIT_S
+    if status["mlflow"]["startup_status"] == "pending":
+        print("waiting for MLflow to start (the turn is traced once it answers)", flush=True)
+    while status["mlflow"]["startup_status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status = client.get("/api/v1/runtime/status").json()
+    if status["mlflow"]["startup_status"] != "ready":
+        print(f"MLflow: {status['mlflow']['startup_error'] or 'still starting'}; untraced")
+    return status
+
+
 def _run_question(args: argparse.Namespace) -> int:
     session = args.session or f"cli-{uuid.uuid4().hex[:10]}"
     print(f"session: {session}")
@@ -139,7 +156,7 @@ def _run_question(args: argparse.Namespace) -> int:
         answer = client.get("/api/v1/runtime/status")
         if answer.status_code in (401, 403):
             raise SystemExit(f"fleet-rlm run: {answer.json().get('message')} (use --token)")
-        status = answer.json()
+        status = _await_mlflow(client, answer.json())
         existing = client.get(f"/api/v1/sessions/{session}")
         last_seq = existing.json()["last_seq"] if existing.status_code == 200 else 0
     ws_url = _ws_url(base, "/api/v1/ws/execution", args.token)
