@@ -273,6 +273,20 @@ class SessionActor:
             error_code=payload.get("code"),
             trace_id=turn.trace_id,
         )
+        if self.settings.posthog_enabled:  # queued, never sent from here
+            from fleet_rlm.observability.analytics import capture_turn
+
+            capture_turn(
+                self.settings,
+                self.key,
+                turn.turn_index,
+                status=status,
+                latency_s=turn.duration_ms / 1000,
+                trace_id=turn.trace_id,
+                error_code=payload.get("code"),
+                content=turn.content,
+                answer=payload.get("answer"),
+            )
         if self._turn is turn:
             self._turn = None
         self._last_activity = time.monotonic()

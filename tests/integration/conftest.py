@@ -2,7 +2,8 @@
 
 The app runs with ``AUTH_REQUIRED=true`` so that every test also exercises auth; the
 ``client`` fixture mints tokens. The language model is the scripted LM replaying
-``rules.json`` (see docs/scripted-lm.md), so the agent's path is known.
+``rules.json`` (see docs/scripted-lm.md), so the agent's path is known. PostHog
+analytics are on, sent to the stand-in capture server ``posthog_standin``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from fleet_rlm.config import Settings, apply_offline_env
 from tests.integration.wsclient import Client
+from tests.standins.posthog_server import PosthogStandIn
 
 HERE = Path(__file__).parent
 SECRET = "integration-secret-" + "x" * 32
@@ -43,7 +45,16 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Settings:
+def posthog_standin() -> Iterator[PosthogStandIn]:
+    """The PostHog capture stand-in every turn of the run reports to (tests/standins)."""
+    with PosthogStandIn() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def settings(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str, posthog_standin: PosthogStandIn
+) -> Settings:
     data = tmp_path_factory.mktemp("data")
     return Settings(
         app_env="local",
@@ -57,6 +68,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Setti
         cancel_grace_s=1.0,
         viewer_queue_frames=200,
         delegate_threshold_chars=0,  # the scripted planner chooses; one test turns it on
+        posthog_enabled=True,
+        posthog_host=posthog_standin.url,
+        posthog_api_key=posthog_standin.api_key,
     )
 
 
