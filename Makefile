@@ -66,10 +66,11 @@ format: install
 	@$(VENV)/bin/ruff check --fix fleet_rlm tests bench scripts
 	@$(VENV)/bin/ruff format fleet_rlm tests bench scripts
 
-# bench_runtime rewrites bench/RESULTS.md; bench_sandbox then replaces only its own section.
+# bench_runtime rewrites bench/RESULTS.md; bench_sandbox and bench_tracing then replace only their own sections.
 bench: install
 	@$(PY) -m bench.bench_runtime
 	@$(PY) -m bench.bench_sandbox
+	@$(PY) -m bench.bench_tracing
 
 serve: install
 	@$(VENV)/bin/fleet-rlm serve

@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `python b
 import psutil
 import ray
 
-from bench.report import MACHINE_NOTE, RESULTS, Table, ms, percentile, ratio
+from bench.report import MACHINE_NOTE, Table, ms, percentile, ratio, write_section
 from fleet_rlm.config import Settings, apply_offline_env
 from fleet_rlm.sandbox.limits import SANDBOX_UIDS, SandboxLimits, probe_isolation
 from fleet_rlm.sandbox.local import LocalProvider
@@ -241,30 +239,6 @@ def foreign_sandbox_processes() -> list[psutil.Process]:
     return found
 
 
-def write_section(tables: list[Table], preamble: list[str]) -> Path:
-    """Replace (or append) this benchmark's section of RESULTS.md; the rest stays as it is."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    start = text.find(f"\n{SECTION}\n")
-    if start >= 0:
-        after = text.find("\n# ", start + len(SECTION) + 2)
-        text = text[:start] + (text[after:] if after >= 0 else "")
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    head = [
-        SECTION,
-        "",
-        f"- Command: `{COMMAND}` (from the repository root)",
-        f"- Date: {stamp}",
-        f"- Machine: {MACHINE_NOTE}; Python {sys.version.split()[0]}, {platform.platform()}",
-        *[f"- {p}" for p in preamble],
-        "",
-        "Written by `bench/bench_sandbox.py`, which replaces only this section.",
-    ]
-    body = "\n\n".join(t.markdown() for t in tables)
-    section = "\n".join(head) + "\n\n" + body + "\n"
-    RESULTS.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-    return RESULTS
-
-
 def main() -> None:
     if others := foreign_sandbox_processes():
         raise SystemExit(
@@ -308,7 +282,8 @@ def main() -> None:
     for table in tables:
         print()
         print(table.markdown())
-    print(f"\nwritten to {write_section(tables, preamble)}")
+    path = write_section(SECTION, COMMAND, "bench/bench_sandbox.py", tables, preamble)
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

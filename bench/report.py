@@ -81,3 +81,30 @@ def write_results(tables: list[Table], preamble: list[str]) -> Path:
     body = "\n\n".join(t.markdown() for t in tables)
     RESULTS.write_text("\n".join(head) + "\n\n" + body + "\n", encoding="utf-8")
     return RESULTS
+
+
+def write_section(
+    section: str, command: str, writer: str, tables: list[Table], preamble: list[str]
+) -> Path:
+    """Replace (or append) one benchmark's ``# section`` of RESULTS.md; the rest stays."""
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    start = text.find(f"\n{section}\n")
+    if start >= 0:
+        after = text.find("\n# ", start + len(section) + 2)
+        text = text[:start] + (text[after:] if after >= 0 else "")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        section,
+        "",
+        f"- Command: `{command}` (from the repository root)",
+        f"- Date: {stamp}",
+        f"- Machine: {MACHINE_NOTE}; Python {sys.version.split()[0]}, {platform.platform()}",
+        *[f"- {p}" for p in preamble],
+        "",
+        f"Written by `{writer}`, which replaces only this section.",
+    ]
+    body = "\n\n".join(t.markdown() for t in tables)
+    RESULTS.write_text(
+        text.rstrip("\n") + "\n\n" + "\n".join(head) + "\n\n" + body + "\n", encoding="utf-8"
+    )
+    return RESULTS
