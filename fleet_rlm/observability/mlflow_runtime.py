@@ -1,8 +1,9 @@
 """Whether MLflow can take traces now, in the words of ``/api/v1/runtime/status``.
 
-``probe_mlflow`` asks the tracking server's ``/health`` and ``/version`` with a short
-timeout and never raises. ``mlflow_status`` turns a probe, and what the process that
-starts MLflow says of its start-up (``diagnostics_actor``), into ``startup_status``:
+``probe_mlflow`` asks the tracking server's ``/version`` (``/health`` when that has no
+answer) with a short timeout, over one keep-alive client, and never raises.
+``mlflow_status`` turns a probe, and what the process that starts MLflow says of its
+start-up (``diagnostics_actor``), into ``startup_status``:
 
 - ``disabled``  MLFLOW_ENABLED=false;
 - ``pending``   the server is being started and does not answer yet;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,19 +71,33 @@ class MlflowProbe:
             return False
 
 
+_http_lock = threading.Lock()
+_http: httpx.Client | None = None
+
+
+def _client() -> httpx.Client:
+    """One keep-alive client per process: a new one costs about 30 ms (its TLS context),
+    and every turn probes."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            _http = httpx.Client(timeout=PROBE_TIMEOUT_S)
+        return _http
+
+
 def probe_mlflow(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> MlflowProbe:
     if not is_http_uri(uri):  # a local file store: always there
         return MlflowProbe(answers=True)
     base = uri.rstrip("/")
+    http = _client()
     try:
-        with httpx.Client(timeout=timeout_s) as http:
-            if http.get(f"{base}/health").status_code != 200:
-                return MlflowProbe(answers=False)
-            answer = http.get(f"{base}/version")
+        answer = http.get(f"{base}/version", timeout=timeout_s)  # one request per turn
+        if answer.status_code == 200 and answer.text.strip():
+            return MlflowProbe(answers=True, version=answer.text.strip())
+        healthy = http.get(f"{base}/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return MlflowProbe(answers=False)
-    version = answer.text.strip() if answer.status_code == 200 else None
-    return MlflowProbe(answers=True, version=version or None)
+    return MlflowProbe(answers=healthy)
 
 
 def mlflow_answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:

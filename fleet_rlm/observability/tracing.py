@@ -109,6 +109,9 @@ def turn_trace(
             _tag(key, turn_index)
             yield handle
     finally:
+        # Before the terminal event: a client that opens trace_url at once sees it whole
+        # (MLflow exports spans as they end, the root last). This is most of what tracing
+        # costs a turn; bench/RESULTS.md has the figures.
         flush_traces()
 
 
@@ -129,12 +132,18 @@ def _tag(key: SessionKey, turn_index: int) -> None:
         logger.warning("session %s: could not tag trace: %s", key.session_id, exc)
 
 
+_tracing_on: bool | None = None
+
+
 def _set_tracing(on: bool) -> None:
+    """Switch MLflow's tracing on or off for this process, only when it changes."""
+    global _tracing_on
     mlflow = sys.modules.get("mlflow")
-    if mlflow is None:  # never imported here: nothing to switch off, and no import cost
+    if mlflow is None or _tracing_on is on:  # never imported: nothing to switch, no cost
         return
     try:
         mlflow.tracing.enable() if on else mlflow.tracing.disable()
+        _tracing_on = on
     except Exception as exc:
         logger.debug("toggling MLflow tracing failed: %s", exc)
 
