@@ -11,4 +11,5 @@
 - ``callbacks``         the DSPy callback registry (MLflow's and PostHog's, each once)
 - ``turn_scope``        which turn this thread works for, for per-turn callbacks
 - ``analytics``         PostHog events per LM generation and per turn (off by default)
+- ``posthog_client``    the process's PostHog client: bounded queue, warn once, flush at exit
 """

@@ -21,7 +21,7 @@ import pytest
 from fleet_rlm.agent.scripted_lm import scripted_lm
 from fleet_rlm.config import Settings
 from fleet_rlm.identity import SessionKey
-from fleet_rlm.observability import analytics
+from fleet_rlm.observability import posthog_client
 from fleet_rlm.observability.analytics import PosthogCallback, analytics_enabled, capture_turn
 from fleet_rlm.observability.turn_scope import turn_scope
 from tests.standins.posthog_server import PosthogStandIn, closed_port_url
@@ -54,7 +54,7 @@ def rules(tmp_path: Path) -> Path:
 def standin() -> Iterator[PosthogStandIn]:
     with PosthogStandIn() as server:
         yield server
-        analytics.shutdown(timeout_s=5)
+        posthog_client.shutdown(timeout_s=5)
         assert server.unexpected == []  # no /flags, /decide or anything but capture
 
 
@@ -87,7 +87,7 @@ def test_generation_event_carries_model_latency_tokens_and_the_turn(
 ) -> None:
     settings = _settings(standin.url, rules)
     lm = _ask(settings, "what is six times seven?", turn_index=3, depth=1)
-    analytics.flush(timeout_s=10)
+    posthog_client.flush(timeout_s=10)
 
     events = standin.wait_for(lambda e: len(e) >= 1)
     assert [e["event"] for e in events] == ["$ai_generation"]
@@ -126,7 +126,7 @@ def test_secrets_are_redacted_and_text_truncated(standin: PosthogStandIn, rules:
         content=question,
         answer=f"the key is {SECRET}",
     )
-    analytics.flush(timeout_s=10)
+    posthog_client.flush(timeout_s=10)
 
     events = standin.wait_for(lambda e: len(e) >= 2)
     assert sorted(e["event"] for e in events) == ["$ai_generation", "$ai_trace"]
@@ -144,7 +144,7 @@ def test_secrets_are_redacted_and_text_truncated(standin: PosthogStandIn, rules:
 def test_failed_generation_is_an_error_event(standin: PosthogStandIn, rules: Path) -> None:
     settings = _settings(standin.url, rules)
     _ask(settings, "FAIL_ME please")
-    analytics.flush(timeout_s=10)
+    posthog_client.flush(timeout_s=10)
 
     events = standin.wait_for(lambda e: len(e) >= 1)
     props = events[0]["properties"]
@@ -160,7 +160,7 @@ def test_only_generations_inside_a_turn_are_sent(standin: PosthogStandIn, rules:
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[PosthogCallback(settings)]):
         dspy.Predict("question -> answer")(question="OUTSIDE a turn")
     _ask(settings, "INSIDE a turn")
-    analytics.flush(timeout_s=10)
+    posthog_client.flush(timeout_s=10)
 
     events = standin.wait_for(lambda e: len(e) >= 1)
     assert len(events) == 1
@@ -179,7 +179,7 @@ def test_turn_event(standin: PosthogStandIn, rules: Path) -> None:
         trace_id="tr-0123abcd",
         error_code="model_timeout",
     )
-    analytics.flush(timeout_s=10)
+    posthog_client.flush(timeout_s=10)
 
     events = standin.wait_for(lambda e: len(e) >= 1)
     assert [e["event"] for e in events] == ["$ai_trace"]
@@ -201,7 +201,7 @@ import sys, dspy
 from fleet_rlm.agent.scripted_lm import scripted_lm
 from fleet_rlm.config import Settings
 from fleet_rlm.identity import SessionKey
-from fleet_rlm.observability import analytics
+from fleet_rlm.observability import analytics, posthog_client
 from fleet_rlm.observability.callbacks import dspy_callbacks
 from fleet_rlm.observability.turn_scope import turn_scope
 
@@ -214,7 +214,7 @@ with turn_scope(key, 1), dspy.context(
 ):
     dspy.Predict("question -> answer")(question="hello")
 analytics.capture_turn(settings, key, 1, status="completed", latency_s=0.1, trace_id=None)
-analytics.shutdown()
+posthog_client.shutdown()
 print("posthog imported:", "posthog" in sys.modules, "callbacks:", len(callbacks))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
@@ -256,7 +256,7 @@ def test_a_hanging_host_does_not_block_the_caller(standin: PosthogStandIn, rules
         assert "SECOND" not in standin.seen_text()
     finally:
         standin.release()
-    analytics.flush(timeout_s=15)
+    posthog_client.flush(timeout_s=15)
     events = standin.wait_for(lambda e: any("SECOND" in json.dumps(x) for x in e))
     assert any("SECOND" in json.dumps(e) for e in events), "queued events were lost"
 
@@ -265,18 +265,18 @@ def test_a_dead_host_is_fine_and_warned_about_once(
     rules: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(closed_port_url(), rules)
-    caplog.set_level(logging.DEBUG, logger=analytics.__name__)
-    analytics._warned.discard("upload")
+    caplog.set_level(logging.DEBUG, logger=posthog_client.__name__)
+    posthog_client._warned.discard("upload")
     try:
         for turn_index in (1, 2):
             _ask(settings, "anyone there?", turn_index=turn_index)
             capture_turn(
                 settings, KEY, turn_index, status="completed", latency_s=0.1, trace_id=None
             )
-            analytics.flush(timeout_s=20)  # each batch fails, after the SDK's retry
+            posthog_client.flush(timeout_s=20)  # each batch fails, after the SDK's retry
     finally:
-        analytics.shutdown(timeout_s=5)
-    ours = [r for r in caplog.records if r.name == analytics.__name__]
+        posthog_client.shutdown(timeout_s=5)
+    ours = [r for r in caplog.records if r.name == posthog_client.__name__]
     upload = [r for r in ours if "could not be sent" in r.getMessage()]
     assert len(upload) >= 2, [r.getMessage() for r in ours]
     assert [r.levelno for r in upload][:2] == [logging.WARNING, logging.DEBUG]
