@@ -16,16 +16,22 @@ tracking URI of ``mlflow.set_tracking_uri`` is not relied on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleet_rlm.config import Settings
 from fleet_rlm.errors import FleetError, ForbiddenError
 from fleet_rlm.identity import Principal, SessionKey
 from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env
+
+if TYPE_CHECKING:  # mlflow is imported lazily: the ingress pays for it on first use only
+    from mlflow.entities import Span, Trace, TraceInfo
+    from mlflow.tracing.client import TracingClient
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ ORDER_BY = ["timestamp_ms ASC", "request_id ASC"]
 # The whole of one route's MLflow work; each HTTP request within it is bounded too
 # (MLFLOW_HTTP_REQUEST_TIMEOUT, see ``mlflow_runtime``).
 CALL_TIMEOUT_S = 30.0
+SPAN_BATCH = 10  # the most MLflow's batchGet takes at once
+SPAN_READERS = 4
 
 
 class MlflowUnavailableError(FleetError):
@@ -180,11 +188,14 @@ def list_session_traces(
 ) -> TracePage:
     """One page of the session's turn traces, oldest turn first (blocking)."""
     from mlflow import MlflowClient
+    from mlflow.tracing.client import TracingClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    experiment = MlflowClient(settings.mlflow_tracking_uri).get_experiment_by_name(
+        settings.mlflow_experiment
+    )
     if experiment is None:  # no turn was ever traced on this server
         return TracePage([], None)
+    client = TracingClient(tracking_uri=settings.mlflow_tracking_uri)
     try:
         found = client.search_traces(
             locations=[experiment.experiment_id],
@@ -192,7 +203,7 @@ def list_session_traces(
             max_results=limit,
             order_by=ORDER_BY,
             page_token=page_token,
-            include_spans=True,
+            include_spans=False,
         )
     except Exception as exc:
         if page_token is not None and _error_code(exc) == "INVALID_PARAMETER_VALUE":
@@ -200,14 +211,50 @@ def list_session_traces(
                 "page_token is not one this server issued; start again without it"
             ) from None
         raise
+    spans = _spans_of(client, [trace.info.trace_id for trace in found])
     logger.debug("session %s: %d traces on this page", key.session_id, len(found))
-    return TracePage([summarize(trace) for trace in found], found.token or None)
+    items = [summarize(trace.info, spans.get(trace.info.trace_id, [])) for trace in found]
+    return TracePage(items, found.token or None)
 
 
-def summarize(trace: Any) -> TraceSummary:
-    """A trace list item from an MLflow ``Trace`` (its info and spans)."""
-    info = trace.info
-    spans = list(trace.data.spans)
+def _spans_of(client: TracingClient, trace_ids: list[str]) -> dict[str, list[Span]]:
+    """The spans of each trace, including traces some or all of whose spans never landed.
+
+    MLflow's batch read (and ``search_traces(include_spans=True)``) silently leaves out a
+    trace with fewer spans stored than its root process counted, and fails whole with a
+    500 when one trace of the batch has none. Such a turn must still be listed, with what
+    did land, so those traces are read one by one with ``allow_partial``.
+    """
+    found: dict[str, list[Span]] = {}
+    batches = [trace_ids[i : i + SPAN_BATCH] for i in range(0, len(trace_ids), SPAN_BATCH)]
+    with ThreadPoolExecutor(max_workers=SPAN_READERS, thread_name_prefix="trace-spans") as pool:
+        for traces in pool.map(functools.partial(_complete, client), batches):
+            found.update({t.info.trace_id: list(t.data.spans) for t in traces})
+        partial = [tid for tid in trace_ids if tid not in found]
+        landed = pool.map(functools.partial(_landed, client), partial)
+        found.update(zip(partial, landed, strict=True))
+    return found
+
+
+def _complete(client: TracingClient, trace_ids: list[str]) -> list[Trace]:
+    try:
+        return client.store.batch_get_traces(trace_ids)
+    except Exception as exc:
+        logger.debug("batch read of traces %s failed, reading them one by one: %s", trace_ids, exc)
+        return []
+
+
+def _landed(client: TracingClient, trace_id: str) -> list[Span]:
+    """What landed of a partial trace; nothing when MLflow has no span of it at all."""
+    try:
+        return list(client.store.get_trace(trace_id, allow_partial=True).data.spans)
+    except Exception as exc:  # MLflow answers a trace without stored spans with a 500
+        logger.warning("trace %s: no spans could be read (%s); listed without", trace_id, exc)
+        return []
+
+
+def summarize(info: TraceInfo, spans: list[Span]) -> TraceSummary:
+    """A trace list item from an MLflow ``TraceInfo`` and the trace's spans."""
     return TraceSummary(
         trace_id=info.trace_id,
         turn_index=_int_or_none(info.trace_metadata.get(TURN_KEY)),
@@ -219,7 +266,7 @@ def summarize(trace: Any) -> TraceSummary:
     )
 
 
-def delegations(spans: list[Any]) -> list[Delegation]:
+def delegations(spans: list[Span]) -> list[Delegation]:
     """The child RLM runs among a trace's spans, in the order they started."""
     children = [s for s in spans if s.get_attribute(DEPTH_ATTRIBUTE) is not None]
     children.sort(key=lambda s: s.start_time_ns)

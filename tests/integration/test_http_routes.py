@@ -323,15 +323,17 @@ def test_runtime_status_has_the_seed_keys(fresh: Client) -> None:
     assert body["app_env"] == "local" and body["sandbox_provider"] in {"local", "daytona"}
 
 
-@pytest.mark.xfail(
+NOT_MOUNTED = pytest.mark.xfail(
     strict=True,
     reason="PROTOCOL.md lists these routes, but api/app.py does not mount them (404)",
 )
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/api/v1/runtime/tests/lm", None),
-        ("POST", "/api/v1/runtime/tests/daytona", None),
+        pytest.param("POST", "/api/v1/runtime/tests/lm", None, marks=NOT_MOUNTED),
+        pytest.param("POST", "/api/v1/runtime/tests/daytona", None, marks=NOT_MOUNTED),
         ("GET", "/api/v1/sessions/{sid}/traces", None),
         ("POST", "/api/v1/traces/feedback", {}),
     ],
