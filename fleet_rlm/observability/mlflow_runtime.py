@@ -31,12 +31,19 @@ from fleet_rlm.config import Settings
 
 PROBE_TIMEOUT_S = 1.5
 
-# Tracing must never stall a turn: MLflow's client retries for minutes by default.
+# MLflow's client retries for minutes by default; these keep a dead server from stalling
+# a turn (the turn's flush is bounded too, see tracing) while a busy one, writing the spans
+# of twenty turns at once into SQLite, still gets them all: a 5 s timeout without retries
+# lost spans here under that load.
 MLFLOW_CLIENT_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_USE_BATCH_SPAN_PROCESSOR": "false",
 }
+# The per-turn check: long enough for a busy server, short enough for a hung one.
+TRACE_CHECK_TIMEOUT_S = 5.0
 
 UPGRADE_HINT = (
     "stop that server, run `make mlflow-upgrade` (upgrades the local store's schema),"
@@ -108,7 +115,7 @@ def tracing_possible(settings: Settings) -> bool:
     """True when a turn may trace now: enabled, answering, and not an older server."""
     if not settings.mlflow_enabled:
         return False
-    probe = probe_mlflow(settings.mlflow_tracking_uri)
+    probe = probe_mlflow(settings.mlflow_tracking_uri, TRACE_CHECK_TIMEOUT_S)
     return probe.answers and not probe.older_than_client()
 
 

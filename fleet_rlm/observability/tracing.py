@@ -43,11 +43,33 @@ def _configure(settings: Settings) -> str | None:
         if _configured_for != wanted:
             apply_mlflow_client_env()
             mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-            experiment = mlflow.set_experiment(settings.mlflow_experiment)
-            _experiment_id = experiment.experiment_id
+            _experiment_id = _experiment(settings.mlflow_experiment)
+            mlflow.set_experiment(experiment_id=_experiment_id)
             install_mlflow()
             _configured_for = wanted
         return _experiment_id
+
+
+def _experiment(name: str) -> str:
+    """The experiment's id, creating it if need be, safe when many processes race to.
+
+    ``mlflow.set_experiment(name)`` is not: in MLflow 3.17 the processes that lose the race
+    to create it return without making it active, and their traces land in ``Default``.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process made it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def trace_url(settings: Settings, experiment_id: str | None, trace_id: str) -> str | None:
@@ -148,11 +170,26 @@ def _set_tracing(on: bool) -> None:
         logger.debug("toggling MLflow tracing failed: %s", exc)
 
 
-def flush_traces() -> None:
-    """Send this process's finished spans now; MLflow drops them at exit otherwise."""
+FLUSH_WAIT_S = 15.0
+
+
+def flush_traces(wait_s: float = FLUSH_WAIT_S) -> None:
+    """Send this process's finished spans now (MLflow drops them at exit otherwise), waiting
+    at most ``wait_s``: a server that went away mid-turn must not hold the answer."""
     import mlflow
 
-    try:
-        mlflow.flush_trace_async_logging()
-    except Exception as exc:
-        logger.warning("flushing MLflow traces failed: %s", exc)
+    def flush() -> None:
+        try:
+            mlflow.flush_trace_async_logging()
+        except Exception as exc:
+            logger.warning("flushing MLflow traces failed: %s", exc)
+
+    worker = threading.Thread(target=flush, name="mlflow-flush", daemon=True)
+    worker.start()
+    worker.join(wait_s)
+    if worker.is_alive():
+        logger.warning(
+            "MLflow did not take this turn's spans within %.0f s; going on (the trace may be"
+            " partial)",
+            wait_s,
+        )

@@ -323,17 +323,11 @@ def test_runtime_status_has_the_seed_keys(fresh: Client) -> None:
     assert body["app_env"] == "local" and body["sandbox_provider"] in {"local", "daytona"}
 
 
-NOT_MOUNTED = pytest.mark.xfail(
-    strict=True,
-    reason="PROTOCOL.md lists these routes, but api/app.py does not mount them (404)",
-)
-
-
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        pytest.param("POST", "/api/v1/runtime/tests/lm", None, marks=NOT_MOUNTED),
-        pytest.param("POST", "/api/v1/runtime/tests/daytona", None, marks=NOT_MOUNTED),
+        ("POST", "/api/v1/runtime/tests/lm", None),
+        ("POST", "/api/v1/runtime/tests/daytona", None),
         ("GET", "/api/v1/sessions/{sid}/traces", None),
         ("POST", "/api/v1/traces/feedback", {}),
     ],
