@@ -36,7 +36,7 @@ PROBE_TIMEOUT_S = 1.5
 # of twenty turns at once into SQLite, still gets them all: a 5 s timeout without retries
 # lost spans here under that load.
 MLFLOW_CLIENT_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",

@@ -12,13 +12,19 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fleet_rlm.config import Settings
 from fleet_rlm.identity import SessionKey
 from fleet_rlm.observability.callbacks import install_mlflow
-from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env, tracing_possible
+from fleet_rlm.observability.mlflow_runtime import (
+    TRACE_CHECK_TIMEOUT_S,
+    apply_mlflow_client_env,
+    mlflow_answers,
+    tracing_possible,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +176,8 @@ def _set_tracing(on: bool) -> None:
         logger.debug("toggling MLflow tracing failed: %s", exc)
 
 
-FLUSH_WAIT_S = 15.0
+FLUSH_WAIT_S = 60.0
+FLUSH_SLICE_S = 2.0
 
 
 def flush_traces(wait_s: float = FLUSH_WAIT_S) -> None:
@@ -186,10 +193,16 @@ def flush_traces(wait_s: float = FLUSH_WAIT_S) -> None:
 
     worker = threading.Thread(target=flush, name="mlflow-flush", daemon=True)
     worker.start()
-    worker.join(wait_s)
+    deadline = time.monotonic() + wait_s
+    worker.join(min(FLUSH_SLICE_S, wait_s))
+    while worker.is_alive() and time.monotonic() < deadline:
+        # A busy server is worth waiting for; one that stopped answering is not.
+        if not mlflow_answers(mlflow.get_tracking_uri(), TRACE_CHECK_TIMEOUT_S):
+            logger.warning("MLflow stopped answering; going on (the trace may be partial)")
+            return
+        worker.join(min(FLUSH_SLICE_S, max(0.0, deadline - time.monotonic())))
     if worker.is_alive():
         logger.warning(
-            "MLflow did not take this turn's spans within %.0f s; going on (the trace may be"
-            " partial)",
+            "MLflow did not take the spans within %.0f s; going on (the trace may be partial)",
             wait_s,
         )
