@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     loopback_only: bool = True
     ray_namespace: str = "fleet_rlm"
 
+    def model_post_init(self, context: object) -> None:
+        from fleet_rlm import secret_values
+
+        secret_values.register(
+            self.dspy_lm_api_key,
+            self.daytona_api_key,
+            self.posthog_api_key,
+            self.auth_jwt_secret if self.auth_jwt_secret != DEFAULT_JWT_SECRET else None,
+        )
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:

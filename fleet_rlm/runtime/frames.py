@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from fleet_rlm import secret_values
 from fleet_rlm.identity import SessionKey
 
 CHAT = "chat"
@@ -58,7 +59,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
+        return _SECRET_VALUE.sub(REDACTED, secret_values.scrub(value, REDACTED))
     return value
 
 

@@ -147,3 +147,48 @@ async def test_daytona_probe_with_bad_credentials(daytona_standin: DaytonaStandI
     assert "create failed (auth)" in result["error"], result["error"]
     assert result["preflight"]["api_key_set"] is True
     assert "wrong-key-000" not in str(result)
+
+
+def test_probes_refuse_identity_fields_and_junk_bodies(client: Client) -> None:
+    answer = client.http.post("/api/v1/runtime/tests/daytona", json={"workspace_id": "evil"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "unsupported_identity_fields"
+    junk = client.http.post("/api/v1/runtime/tests/lm", content=b"not json")
+    assert junk.status_code == 422 and junk.json()["code"] == "invalid_request"
+    assert client.http.post("/api/v1/runtime/tests/daytona", json={}).status_code == 200
+
+
+@pytest.fixture
+def quoting_endpoint() -> Iterator[int]:
+    """An OpenAI-style endpoint that refuses every key and quotes it back, as some do."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            key = self.headers.get("authorization", "").removeprefix("Bearer ")
+            body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}."}})
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+async def test_lm_probe_never_shows_a_plain_key_the_endpoint_quotes(quoting_endpoint: int) -> None:
+    settings = _lm_settings(quoting_endpoint).model_copy(
+        update={"dspy_lm_api_key": "plainsecret0123456789XYZ"}
+    )
+    Settings(dspy_lm_api_key="plainsecret0123456789XYZ")  # as each process builds its own
+    result = await asyncio.wait_for(probe_lm(settings, 10.0), NEVER_HANG_S)
+    assert result["ok"] is False and result["error"]
+    assert "plainsecret0123456789XYZ" not in str(result), result
