@@ -2,8 +2,9 @@
 
 ``MlflowServer`` runs ``mlflow server`` as a child process on 127.0.0.1 with a SQLite
 backend under the data folder, one worker and job execution off (ready in about 7 s at
-0.5 GB instead of 20 s at 2.8 GB). The child is told to die with its parent, so the
-server never outlives whoever started it. The runtime starts it through
+0.5 GB instead of 20 s at 2.8 GB). The child is told to die with its parent, and it
+stops its own uvicorn worker on SIGTERM; only a SIGKILL of the ``mlflow server`` process
+itself leaves that worker behind (docs/limits.md). The runtime starts it through
 ``diagnostics_actor``; ``make mlflow-server`` runs it in the foreground (``main``).
 """
 
