@@ -93,3 +93,10 @@ class TurnCancelled(TurnError):
 class ModelError(FleetError):
     code = "model_error"
     status = 502
+
+
+class NotFoundError(FleetError):
+    """What was asked for is not there, or is not the caller's (a 404 either way)."""
+
+    code = "not_found"
+    status = 404

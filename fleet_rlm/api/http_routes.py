@@ -15,15 +15,10 @@ from fleet_rlm.api.auth import authenticate
 from fleet_rlm.api.pagination import InvalidRequestError, page, page_params
 from fleet_rlm.api.runtime import Runtime
 from fleet_rlm.api.status import readiness, runtime_status
-from fleet_rlm.errors import FleetError, UnsupportedIdentityFieldsError
+from fleet_rlm.errors import FleetError, NotFoundError, UnsupportedIdentityFieldsError
 from fleet_rlm.identity import IDENTITY_FIELDS, Principal, SessionKey
 
 DOCUMENT_NAME_MAX = 200
-
-
-class NotFoundError(FleetError):
-    code = "not_found"
-    status = 404
 
 
 class DocumentTooLargeError(FleetError):

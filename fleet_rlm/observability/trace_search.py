@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleet_rlm.config import Settings
-from fleet_rlm.errors import FleetError, ForbiddenError
+from fleet_rlm.errors import FleetError, ForbiddenError, NotFoundError
 from fleet_rlm.identity import Principal, SessionKey
 from fleet_rlm.observability.mlflow_runtime import apply_mlflow_client_env
 
@@ -64,11 +64,6 @@ class MlflowUnavailableError(FleetError):
 
     code = "mlflow_unavailable"
     status = 503
-
-
-class TraceNotFoundError(FleetError):
-    code = "not_found"
-    status = 404
 
 
 class BadPageTokenError(FleetError):
@@ -327,7 +322,7 @@ def log_feedback(settings: Settings, who: Principal, feedback: Feedback) -> Feed
         info = client.get_trace_info(trace_id)
     except Exception as exc:
         if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            raise TraceNotFoundError(
+            raise NotFoundError(
                 f"no trace {trace_id}; take the trace_id from a turn's final event or from"
                 " GET /api/v1/sessions/{session_id}/traces"
             ) from None
